@@ -1,0 +1,34 @@
+"""The `gpicture` command: every pipeline step as a subcommand.
+
+Each subcommand lives in its own module of ``stages/`` and is the same code path
+that the DVC stage of the same name runs.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from stages.doctor import doctor
+
+app = typer.Typer(
+    name="gpicture",
+    help="GPICTURE self-supervised LiDAR pre-training: a reproducible pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """GPICTURE self-supervised LiDAR pre-training: a reproducible pipeline."""
+
+
+app.command("doctor")(doctor)
+
+
+def main() -> None:  # pragma: no cover  (console-script entry point)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
