@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from stages.doctor import doctor
+from stages.synth import synth
 
 app = typer.Typer(
     name="gpicture",
@@ -24,6 +25,7 @@ def _root() -> None:
 
 
 app.command("doctor")(doctor)
+app.command("synth")(synth)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

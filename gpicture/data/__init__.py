@@ -1,0 +1,1 @@
+"""Dataset formats: readers and writers of the on-disk layouts GPICTURE consumes."""
