@@ -12,7 +12,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 repro: setup
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 doctor: setup
 	$(VENV)/bin/gpicture doctor

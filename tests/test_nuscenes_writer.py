@@ -280,7 +280,7 @@ def test_annotation_fields(written):
         occ = sorted((root / "nuScenes-Occupancy" / f"scene_{s['token']}" / "occupancy").glob("*.npy"))
         assert len(occ) == 3
         arr = np.load(occ[0])
-        assert arr.dtype == np.int64 and arr.shape == (2, 4)
+        assert arr.dtype == np.int16 and arr.shape == (2, 4)
         assert {p.stem for p in occ} <= {sd["token"] for sd in nusc.sample_data if sd["is_key_frame"]}
 
 

@@ -187,8 +187,8 @@ def generate_nuscenes(cfg: SynthConfig, out: Path, force: bool = False,
 
     cfg.validate()
     names = nuscenes_scene_names(cfg.scenes, cfg.version, cfg.val_fraction)
-    splits = create_splits_scenes()
-    n_val = sum(n in splits["val"] or n in splits["mini_val"] for n in names)
+    val_split = create_splits_scenes()["mini_val" if cfg.version == "v1.0-mini" else "val"]
+    n_val = sum(n in val_split for n in names)
     n_train = len(names) - n_val
     jobs = [(nm, scene_seed(cfg.seed, "nuscenes", i), cfg, 1_532_402_927_000_000 + i * 3_600_000_000)
             for i, nm in enumerate(names)]

@@ -10,7 +10,7 @@ every tool built on it::
       lidarseg/<version>/<sd_token>_lidarseg.bin         uint8 (N,), keyframes only
       maps/<map_token>.png                  placeholder semantic-prior masks
       nuScenes-Occupancy/scene_<scene_token>/occupancy/<lidar_sd_token>.npy
-                                            OpenOccupancy (M, 4) int64 rows z, y, x, label
+                                            OpenOccupancy (M, 4) int16 rows z, y, x, label (indices < 512 and labels < 17 fit; 4x smaller than int64)
 
 Conventions follow the released data:
 
@@ -330,7 +330,7 @@ def write_nuscenes(scenes: list[NuscenesScene], root: Path, version: str = "v1.0
             if sweep.occupancy is not None:
                 occ_dir = root / "nuScenes-Occupancy" / f"scene_{scene_token}" / "occupancy"
                 occ_dir.mkdir(parents=True, exist_ok=True)
-                np.save(occ_dir / f"{sd_token}.npy", np.ascontiguousarray(sweep.occupancy, dtype=np.int64))
+                np.save(occ_dir / f"{sd_token}.npy", np.ascontiguousarray(sweep.occupancy, dtype=np.int16))
             k = int(owner[i])
             _annotate(t, scene.name, sample_tokens[k], k, sweep, instances, last_ann)
         t["instance"].extend(instances.values())

@@ -72,7 +72,7 @@ def waymo_lidars() -> list[LidarSpec]:
     sr_incl = np.deg2rad(-90.0 + 120.0 * (np.arange(200) + 0.5) / 200)  # uniform, -90..30 deg
     for name, xyz, yaw in (("FRONT", [4.07, 0.0, 0.69], 0.0), ("SIDE_LEFT", [3.25, 1.03, 0.93], np.pi / 2),
                            ("SIDE_RIGHT", [3.25, -1.03, 0.93], -np.pi / 2), ("REAR", [-1.15, 0.0, 0.47], np.pi)):
-        specs.append(LidarSpec(name, sr_incl, 600, transform(rot_z(yaw), xyz), 20.0, 0.3, 0.01, 0.005, np.deg2rad(95.0)))
+        specs.append(LidarSpec(name, sr_incl, 600, transform(rot_z(yaw), xyz), 20.0, 0.3, 0.01, 0.005, np.deg2rad(45.0)))
     return specs
 
 
