@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from stages.convert import convert, merge
 from stages.doctor import doctor
 from stages.synth import synth
 
@@ -26,6 +27,8 @@ def _root() -> None:
 
 app.command("doctor")(doctor)
 app.command("synth")(synth)
+app.command("convert")(convert)
+app.command("merge")(merge)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

@@ -1,0 +1,362 @@
+"""The Zarr voxel store: one dataset split as ragged arrays in CSR form.
+
+Layout (a Zarr v3 group; every array chunked along its first axis, Blosc/zstd):
+
+    frames/{point_ptr, voxel_ptr, box_ptr, occ_ptr}   int64 (F + 1,)  CSR pointers
+    frames/{id, scene}                                  uint8 (F, 64)   UTF-8, zero padded
+    frames/timestamp int64 (F,)    frames/pose float64 (F, 4, 4) global_from_points
+    points/xyz float32 (N, 3)      points/feat/<name> float32 (N,)   points/voxel int32 (N,)
+    points/seg uint8 (N,)          (only when the split has labels; 255 = unlabelled)
+    voxels/coords int32 (V, 3)     z, y, x on the canonical grid
+    boxes/box float32 (M, 7)       x, y, z, l, w, h, yaw      boxes/velocity float32 (M, 2)
+    boxes/class int16 (M,)         index into attrs["box_classes"]
+    boxes/num_points int32 (M,)    boxes/id uint8 (M, 64)     boxes/difficulty int8 (M,)
+    occupancy/rows int16 (K, 4)    z, y, x, label (only when the source has occupancy)
+
+Attributes: schema version, dataset, split, classes, point-cloud range, voxel size,
+sweeps, feature names, the source fingerprint, and ``complete`` (set last: a store
+without it was interrupted and is refused). Stores are written under a temporary
+name and moved into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+SCHEMA_VERSION = 1
+STR_WIDTH = 64
+POINT_CHUNK = 1 << 18
+VOXEL_CHUNK = 1 << 18
+BOX_CHUNK = 1 << 14
+FRAME_CHUNK = 1 << 12
+OCC_CHUNK = 1 << 18
+
+
+class StoreError(ValueError):
+    """A store that is missing, incomplete, or not a gpicture voxel store."""
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def encode_strings(values, width: int = STR_WIDTH) -> np.ndarray:  # noqa: ANN001
+    """Strings as a (n, width) uint8 array (UTF-8, zero padded): a stable Zarr dtype."""
+    out = np.zeros((len(values), width), dtype=np.uint8)
+    for i, v in enumerate(values):
+        b = str(v).encode()
+        if len(b) > width:
+            raise ValueError(f"string longer than {width} bytes: {v!r}")
+        out[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return out
+
+
+def decode_strings(arr: np.ndarray) -> np.ndarray:
+    return np.array([bytes(row).rstrip(b"\0").decode() for row in arr], dtype=object)
+
+
+@dataclass
+class StoreFrame:
+    """One frame read from a store. Points, boxes and velocities are in the points'
+    frame (keyframe LiDAR frame for nuScenes, vehicle frame for Waymo), metres/radians."""
+
+    index: int
+    frame_id: str
+    scene: str
+    timestamp_us: int
+    pose: np.ndarray  # (4, 4) float64 global_from_points
+    points: np.ndarray  # (N, 3) float32
+    features: dict[str, np.ndarray]  # name -> (N,) float32
+    seg_labels: np.ndarray | None  # (N,) uint8, 255 = unlabelled
+    boxes: np.ndarray  # (M, 7) float32 x, y, z, l, w, h, yaw
+    box_names: np.ndarray  # (M,) str
+    box_velocity: np.ndarray  # (M, 2) float32
+    box_num_points: np.ndarray  # (M,) int32
+    box_ids: np.ndarray  # (M,) str
+    box_difficulty: np.ndarray  # (M,) int8
+    voxel_coords: np.ndarray  # (V, 3) int32 z, y, x
+    point_voxel: np.ndarray  # (N,) int32 index into voxel_coords, -1 outside the range
+    occupancy: np.ndarray | None  # (K, 4) int16 z, y, x, label
+
+
+class VoxelStore:
+    """Read-only access to a voxel store: ``len(store)``, ``store.frame_ids``, ``store[i]``."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = Path(path)
+        self._g = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        fr = group["frames"]
+        self._ptr = {k: np.asarray(fr[f"{k}_ptr"][:]) for k in ("point", "voxel", "box", "occ")}
+        self._ids = decode_strings(fr["id"][:])
+        self._scenes = decode_strings(fr["scene"][:])
+        self._timestamps = np.asarray(fr["timestamp"][:])
+        self._poses = np.asarray(fr["pose"][:])
+        self._index = {fid: i for i, fid in enumerate(self._ids)}
+        self.feature_names: list[str] = list(self.attrs["feature_names"])
+        self.box_classes = np.array(self.attrs["box_classes"], dtype=object)
+        self._arrays = {
+            "xyz": group["points/xyz"], "voxel": group["points/voxel"], "coords": group["voxels/coords"],
+            "box": group["boxes/box"], "velocity": group["boxes/velocity"], "class": group["boxes/class"],
+            "num_points": group["boxes/num_points"], "id": group["boxes/id"], "difficulty": group["boxes/difficulty"],
+        }
+        self._feats = {n: group[f"points/feat/{n}"] for n in self.feature_names}
+        self._seg = group["points/seg"] if "seg" in group["points"] else None
+        self._occ = group["occupancy/rows"] if "occupancy" in group else None
+
+    @classmethod
+    def open(cls, path: str | Path) -> VoxelStore:
+        """Open a complete store read-only (StoreError naming the path otherwise)."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path}: not a voxel store (no zarr.json)")
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("format") != "gpicture-voxel-store":
+            raise StoreError(f"{path}: not a gpicture voxel store")
+        if attrs.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {attrs.get('schema_version')}, this code reads {SCHEMA_VERSION}")
+        if not attrs.get("complete"):
+            raise StoreError(f"{path}: incomplete store (an interrupted write); convert again")
+        return cls(path, group)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def frame_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def index_of(self, frame_id: str) -> int:
+        try:
+            return self._index[frame_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no frame {frame_id!r}") from None
+
+    def __getitem__(self, i: int) -> StoreFrame:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: frame index {i} out of range for {n} frames")
+        i %= n
+        p0, p1 = self._ptr["point"][i : i + 2]
+        v0, v1 = self._ptr["voxel"][i : i + 2]
+        b0, b1 = self._ptr["box"][i : i + 2]
+        a = self._arrays
+        occ = None
+        if self._occ is not None:
+            o0, o1 = self._ptr["occ"][i : i + 2]
+            occ = np.asarray(self._occ[o0:o1])
+        return StoreFrame(
+            index=i,
+            frame_id=str(self._ids[i]),
+            scene=str(self._scenes[i]),
+            timestamp_us=int(self._timestamps[i]),
+            pose=self._poses[i],
+            points=np.asarray(a["xyz"][p0:p1]),
+            features={name: np.asarray(arr[p0:p1]) for name, arr in self._feats.items()},
+            seg_labels=None if self._seg is None else np.asarray(self._seg[p0:p1]),
+            boxes=np.asarray(a["box"][b0:b1]),
+            box_names=self.box_classes[np.asarray(a["class"][b0:b1])],
+            box_velocity=np.asarray(a["velocity"][b0:b1]),
+            box_num_points=np.asarray(a["num_points"][b0:b1]),
+            box_ids=decode_strings(a["id"][b0:b1]),
+            box_difficulty=np.asarray(a["difficulty"][b0:b1]),
+            voxel_coords=np.asarray(a["coords"][v0:v1]),
+            point_voxel=np.asarray(a["voxel"][p0:p1]),
+            occupancy=occ,
+        )
+
+
+@dataclass
+class EncodedFrame:
+    """A frame ready to append: a reader's RawFrame plus its voxelization."""
+
+    frame_id: str
+    scene: str
+    timestamp_us: int
+    pose: np.ndarray
+    points: np.ndarray
+    features: dict[str, np.ndarray]
+    seg_labels: np.ndarray | None
+    voxel_coords: np.ndarray
+    point_voxel: np.ndarray
+    boxes: np.ndarray
+    box_names: np.ndarray
+    box_velocity: np.ndarray
+    box_num_points: np.ndarray
+    box_ids: np.ndarray
+    box_difficulty: np.ndarray
+    occupancy: np.ndarray | None
+    dropped_nonfinite: int = 0
+
+
+class StoreWriter:
+    """Appends frames to a new store under a temporary folder; ``commit`` moves it into place.
+
+    Use as a context manager: on an exception the temporary folder is removed and
+    nothing appears at the destination.
+    """
+
+    def __init__(self, out: Path, attrs: dict[str, Any], feature_names: list[str], box_classes: list[str],
+                 force: bool = False, flush_points: int = 1 << 21) -> None:
+        self.out = Path(out)
+        if self.out.exists() and not force:
+            raise StoreError(f"{self.out}: output exists (use --force to replace it)")
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        except OSError as exc:
+            raise StoreError(f"{self.out}: cannot write there ({exc.strerror or exc})") from exc
+        self.force = force
+        self.attrs = dict(attrs)
+        self.feature_names = list(feature_names)
+        # Labels and occupancy arrays are created when the first frame that has them arrives
+        # (earlier frames are back-filled), so a split without any has none.
+        self.has_seg = self.has_occ = False
+        self.box_classes = list(box_classes)
+        self._class_index = {c: i for i, c in enumerate(self.box_classes)}
+        self.flush_points = flush_points
+        self._buf: list[EncodedFrame] = []
+        self._buf_points = 0
+        self._counts = {"point": [0], "voxel": [0], "box": [0], "occ": [0]}
+        self._meta: dict[str, list] = {"id": [], "scene": [], "timestamp": [], "pose": []}
+        self.dropped_nonfinite = 0
+        g = zarr.open_group(str(self.tmp), mode="w")
+        self._g = g
+
+        def arr(name: str, shape_tail: tuple[int, ...], dtype: str, chunk: int) -> zarr.Array:
+            return g.create_array(name, shape=(0, *shape_tail), chunks=(chunk, *shape_tail), dtype=dtype,
+                                  compressors=_compressor())
+
+        self._new_array = arr
+
+        self._a = {
+            "xyz": arr("points/xyz", (3,), "float32", POINT_CHUNK),
+            "voxel": arr("points/voxel", (), "int32", POINT_CHUNK),
+            "coords": arr("voxels/coords", (3,), "int32", VOXEL_CHUNK),
+            "box": arr("boxes/box", (7,), "float32", BOX_CHUNK),
+            "velocity": arr("boxes/velocity", (2,), "float32", BOX_CHUNK),
+            "class": arr("boxes/class", (), "int16", BOX_CHUNK),
+            "num_points": arr("boxes/num_points", (), "int32", BOX_CHUNK),
+            "id": arr("boxes/id", (STR_WIDTH,), "uint8", BOX_CHUNK),
+            "difficulty": arr("boxes/difficulty", (), "int8", BOX_CHUNK),
+        }
+        for name in self.feature_names:
+            self._a[f"feat/{name}"] = arr(f"points/feat/{name}", (), "float32", POINT_CHUNK)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def append(self, frame: EncodedFrame) -> None:
+        if sorted(frame.features) != sorted(self.feature_names):
+            raise StoreError(f"frame {frame.frame_id}: features {sorted(frame.features)}, "
+                             f"the store has {sorted(self.feature_names)}")
+        self._buf.append(frame)
+        self._buf_points += len(frame.points)
+        self.dropped_nonfinite += frame.dropped_nonfinite
+        if self._buf_points >= self.flush_points:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        fs = self._buf
+        cat = np.concatenate
+        a = self._a
+        a["xyz"].append(cat([f.points for f in fs]).astype(np.float32))
+        a["voxel"].append(cat([f.point_voxel for f in fs]).astype(np.int32))
+        a["coords"].append(cat([f.voxel_coords.reshape(-1, 3) for f in fs]).astype(np.int32))
+        a["box"].append(cat([f.boxes.reshape(-1, 7) for f in fs]).astype(np.float32))
+        a["velocity"].append(cat([f.box_velocity.reshape(-1, 2) for f in fs]).astype(np.float32))
+        names = cat([np.asarray(f.box_names, dtype=object) for f in fs]) if fs else []
+        unknown = sorted({n for n in names if n not in self._class_index})
+        if unknown:
+            raise StoreError(f"box classes {unknown} are not in the store's class list")
+        a["class"].append(np.array([self._class_index[n] for n in names], dtype=np.int16))
+        a["num_points"].append(cat([f.box_num_points for f in fs]).astype(np.int32))
+        a["id"].append(encode_strings(cat([np.asarray(f.box_ids, dtype=object) for f in fs])))
+        a["difficulty"].append(cat([f.box_difficulty for f in fs]).astype(np.int8))
+        for name in self.feature_names:
+            a[f"feat/{name}"].append(cat([f.features[name] for f in fs]).astype(np.float32))
+        if not self.has_seg and any(f.seg_labels is not None for f in fs):
+            self.has_seg = True
+            a["seg"] = self._new_array("points/seg", (), "uint8", POINT_CHUNK)
+            a["seg"].append(np.full(sum(self._counts["point"]), 255, np.uint8))
+        if not self.has_occ and any(f.occupancy is not None for f in fs):
+            self.has_occ = True
+            a["occ"] = self._new_array("occupancy/rows", (4,), "int16", OCC_CHUNK)
+        if self.has_seg:
+            a["seg"].append(cat([
+                f.seg_labels if f.seg_labels is not None else np.full(len(f.points), 255, np.uint8) for f in fs
+            ]).astype(np.uint8))
+        if self.has_occ:
+            a["occ"].append(cat([
+                f.occupancy if f.occupancy is not None else np.zeros((0, 4), np.int16) for f in fs
+            ]).astype(np.int16))
+        for f in fs:
+            self._counts["point"].append(len(f.points))
+            self._counts["voxel"].append(len(f.voxel_coords))
+            self._counts["box"].append(len(f.boxes))
+            self._counts["occ"].append(0 if f.occupancy is None else len(f.occupancy))
+            self._meta["id"].append(f.frame_id)
+            self._meta["scene"].append(f.scene)
+            self._meta["timestamp"].append(f.timestamp_us)
+            self._meta["pose"].append(f.pose)
+        self._buf, self._buf_points = [], 0
+
+    def commit(self) -> Path:
+        """Write the frame table and attributes, mark the store complete, move it into place."""
+        self._flush()
+        g = self._g
+        n = len(self._meta["id"])
+        if n == 0:
+            raise StoreError(f"{self.out}: no frames to write")
+
+        def small(name: str, data: np.ndarray) -> None:
+            g.create_array(name, data=data, chunks=(FRAME_CHUNK, *data.shape[1:]), compressors=_compressor())
+
+        for k, counts in self._counts.items():
+            small(f"frames/{k}_ptr", np.cumsum(counts).astype(np.int64))
+        small("frames/id", encode_strings(self._meta["id"]))
+        small("frames/scene", encode_strings(self._meta["scene"]))
+        small("frames/timestamp", np.asarray(self._meta["timestamp"], dtype=np.int64))
+        small("frames/pose", np.asarray(self._meta["pose"], dtype=np.float64).reshape(n, 4, 4))
+        attrs = {
+            **self.attrs,
+            "format": "gpicture-voxel-store",
+            "schema_version": SCHEMA_VERSION,
+            "feature_names": self.feature_names,
+            "box_classes": self.box_classes,
+            "has_seg_labels": self.has_seg,
+            "has_occupancy": self.has_occ,
+            "n_frames": n,
+            "n_points": int(sum(self._counts["point"])),
+            "n_voxels": int(sum(self._counts["voxel"])),
+            "n_boxes": int(sum(self._counts["box"])),
+            "dropped_nonfinite_points": int(self.dropped_nonfinite),
+        }
+        json.dumps(attrs)  # fail here, not half-way, on a non-JSON attribute
+        g.attrs.update(attrs)
+        g.attrs["complete"] = True
+        if self.out.exists():
+            trash = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, trash)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+        return self.out

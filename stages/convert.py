@@ -1,0 +1,85 @@
+"""`gpicture convert` and `gpicture merge`: raw splits into Zarr voxel stores."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from gpicture.data.convert import ConvertConfig, convert as convert_split, merge_stores, parse_shard
+from gpicture.data.voxelize import VoxelGrid
+from gpicture.params import ParamsError, load_section
+
+
+class Dataset(str, Enum):
+    nuscenes = "nuscenes"
+    waymo = "waymo"
+
+
+def _progress(label: str, console: Console) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def _fail(err: Console, exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def convert(
+    dataset: Dataset = typer.Argument(..., help="Raw dataset format."),
+    split: str = typer.Option(..., help="Split: a pipeline name from params (train, val) or the dataset's own "
+                                        "(mini_train, val, training, validation, ...)."),
+    out: Path = typer.Option(..., help="Store to write (<dataset>/<split>.zarr)."),
+    root: Path | None = typer.Option(None, help="Raw data root [params: convert.<dataset>.root]."),
+    sweeps: int | None = typer.Option(None, help="nuScenes LIDAR_TOP sweeps per frame, keyframe included."),
+    workers: int | None = typer.Option(None, help="Parallel reader processes [params: convert.workers]."),
+    shard: str = typer.Option("0/1", help="Convert only block i of n (i/n); join the shards with `gpicture merge`."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing store."),
+    params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+) -> None:
+    """Convert a raw nuScenes / Waymo split into a chunked Zarr voxel store."""
+    err = Console(stderr=True)
+    try:
+        top = load_section(params, "convert")
+        sec = load_section(params, "convert", dataset.value)
+        cfg = ConvertConfig(
+            dataset=dataset.value,
+            root=root if root is not None else Path(sec["root"]),
+            split=str(sec.get("splits", {}).get(split, split)),
+            grid=VoxelGrid(tuple(sec["point_cloud_range"]), tuple(sec["voxel_size"])),
+            sweeps=sweeps if sweeps is not None else int(sec.get("sweeps", 1)),
+            version=str(sec.get("version", "v1.0-mini")),
+            workers=workers if workers is not None else int(top.get("workers", 1)),
+            shard=parse_shard(shard),
+        )
+    except (ParamsError, ValueError, KeyError) as exc:
+        _fail(err, exc)
+    with _progress(f"convert {dataset.value} {cfg.split}", err) as bar:
+        task = bar.add_task("frames", total=None)
+        try:
+            summary = convert_split(cfg, out, force=force,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (OSError, ValueError) as exc:  # missing files, corrupt records, bad frames, existing output
+            _fail(err, exc)
+    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+
+
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Shard stores written by `convert --shard i/n`."),
+    out: Path = typer.Option(..., help="The merged store."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing store."),
+) -> None:
+    """Join the shard stores of one split into one store."""
+    err = Console(stderr=True)
+    with _progress("merge", err) as bar:
+        task = bar.add_task("frames", total=None)
+        try:
+            summary = merge_stores(shards, out, force=force,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (OSError, ValueError) as exc:
+            _fail(err, exc)
+    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
