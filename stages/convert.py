@@ -65,7 +65,7 @@ def convert(
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
         except (OSError, ValueError) as exc:  # missing files, corrupt records, bad frames, existing output
             _fail(err, exc)
-    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()), soft_wrap=True)
 
 
 def merge(
@@ -82,4 +82,4 @@ def merge(
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         except (OSError, ValueError) as exc:
             _fail(err, exc)
-    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()), soft_wrap=True)

@@ -60,4 +60,4 @@ def synth(
         except SynthError as exc:
             err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), soft_wrap=True)

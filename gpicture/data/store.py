@@ -21,29 +21,99 @@ name and moved into place when complete.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
 SCHEMA_VERSION = 1
 STR_WIDTH = 64
-POINT_CHUNK = 1 << 18
-VOXEL_CHUNK = 1 << 18
+POINT_CHUNK = 1 << 17
+VOXEL_CHUNK = 1 << 17
 BOX_CHUNK = 1 << 14
 FRAME_CHUNK = 1 << 12
 OCC_CHUNK = 1 << 18
 
 
+# Integer-valued features are stored (and read back) in the smallest exact dtype.
+FEATURE_DTYPES = {"ring": "uint8", "return_index": "uint8", "laser": "uint8", "nlz": "int8"}
+
+
 class StoreError(ValueError):
     """A store that is missing, incomplete, or not a gpicture voxel store."""
+
+
+class _RowReader:
+    """Rows [a, b) of one store array, read straight from its chunk files.
+
+    Zarr's general machinery costs about a millisecond per read, more than decoding a
+    frame's chunks; a frame touches a dozen arrays. For arrays this module wrote (local
+    files, chunked along the first axis only, ``bytes`` + Blosc codecs) the chunk files
+    are read and Blosc-decoded directly. Anything else falls back to Zarr.
+    """
+
+    def __init__(self, arr: zarr.Array, folder: Path) -> None:
+        self.arr = arr
+        self.folder = folder
+        meta = json.loads((folder / "zarr.json").read_text()) if (folder / "zarr.json").exists() else {}
+        codecs = meta.get("codecs", [])
+        chunk = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [])
+        enc = meta.get("chunk_key_encoding", {})
+        self.fast = (
+            len(codecs) == 2 and codecs[0]["name"] == "bytes"
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+            and codecs[1]["name"] == "blosc" and enc.get("name") == "default"
+            and enc.get("configuration", {}).get("separator", "/") == "/"
+            and list(chunk[1:]) == list(arr.shape[1:])
+        )
+        self._raw = bytearray(0)
+        if self.fast:
+            self.rows_per_chunk = int(chunk[0])
+            self.chunk_shape = tuple(chunk)
+            self.dtype = np.dtype(arr.dtype).newbyteorder("<")
+            self.suffix = "/".join(["0"] * (len(chunk) - 1))
+            self.fill = meta.get("fill_value", 0)
+
+    def _decode_into(self, i: int, out: np.ndarray) -> None:
+        name = f"c/{i}/{self.suffix}" if self.suffix else f"c/{i}"
+        try:
+            f = open(self.folder / name, "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:  # never written: all fill value
+            out[...] = self.fill
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if len(self._raw) < size:  # one reused read buffer: no fresh pages per chunk
+                self._raw = bytearray(size)
+            n = f.readinto(self._raw)
+        _BLOSC.decode(memoryview(self._raw)[:n], out=out)
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        a, b = int(a), int(b)
+        if not self.fast:
+            return np.asarray(self.arr[a:b])
+        if b <= a:
+            return np.zeros((0, *self.chunk_shape[1:]), dtype=self.dtype)
+        rows = self.rows_per_chunk
+        c0, c1 = a // rows, (b - 1) // rows
+        # Decode the few chunks a frame spans straight into one buffer; return a view of it.
+        buf = np.empty(((c1 - c0 + 1) * rows, *self.chunk_shape[1:]), dtype=self.dtype)
+        for k, c in enumerate(range(c0, c1 + 1)):
+            self._decode_into(c, buf[k * rows : (k + 1) * rows])
+        return buf[a - c0 * rows : b - c0 * rows]
+
+
+_BLOSC = numcodecs.Blosc()  # decoding reads the codec from each chunk's header
 
 
 def _compressor() -> BloscCodec:
@@ -76,7 +146,7 @@ class StoreFrame:
     timestamp_us: int
     pose: np.ndarray  # (4, 4) float64 global_from_points
     points: np.ndarray  # (N, 3) float32
-    features: dict[str, np.ndarray]  # name -> (N,) float32
+    features: dict[str, np.ndarray]  # name -> (N,): float32, or the integer dtype of FEATURE_DTYPES
     seg_labels: np.ndarray | None  # (N,) uint8, 255 = unlabelled
     boxes: np.ndarray  # (M, 7) float32 x, y, z, l, w, h, yaw
     box_names: np.ndarray  # (M,) str
@@ -86,7 +156,17 @@ class StoreFrame:
     box_difficulty: np.ndarray  # (M,) int8
     voxel_coords: np.ndarray  # (V, 3) int32 z, y, x
     point_voxel: np.ndarray  # (N,) int32 index into voxel_coords, -1 outside the range
-    occupancy: np.ndarray | None  # (K, 4) int16 z, y, x, label
+    occupancy_reader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def occupancy(self) -> np.ndarray | None:
+        """(K, 4) int16 rows z, y, x, label on the OpenOccupancy grid; None if the store has
+        none. Read on first access (it is large and most consumers skip it)."""
+        if self.occupancy_reader is None:
+            return None
+        if not hasattr(self, "_occupancy"):
+            self._occupancy = self.occupancy_reader()
+        return self._occupancy
 
 
 class VoxelStore:
@@ -105,14 +185,18 @@ class VoxelStore:
         self._index = {fid: i for i, fid in enumerate(self._ids)}
         self.feature_names: list[str] = list(self.attrs["feature_names"])
         self.box_classes = np.array(self.attrs["box_classes"], dtype=object)
-        self._arrays = {
-            "xyz": group["points/xyz"], "voxel": group["points/voxel"], "coords": group["voxels/coords"],
-            "box": group["boxes/box"], "velocity": group["boxes/velocity"], "class": group["boxes/class"],
-            "num_points": group["boxes/num_points"], "id": group["boxes/id"], "difficulty": group["boxes/difficulty"],
+        names = {
+            "xyz": "points/xyz", "voxel": "points/voxel", "coords": "voxels/coords", "box": "boxes/box",
+            "velocity": "boxes/velocity", "class": "boxes/class", "num_points": "boxes/num_points",
+            "id": "boxes/id", "difficulty": "boxes/difficulty",
         }
-        self._feats = {n: group[f"points/feat/{n}"] for n in self.feature_names}
-        self._seg = group["points/seg"] if "seg" in group["points"] else None
-        self._occ = group["occupancy/rows"] if "occupancy" in group else None
+        self._arrays = {k: self._reader(v) for k, v in names.items()}
+        self._feats = {n: self._reader(f"points/feat/{n}") for n in self.feature_names}
+        self._seg = self._reader("points/seg") if "seg" in group["points"] else None
+        self._occ = self._reader("occupancy/rows") if "occupancy" in group else None
+
+    def _reader(self, name: str) -> _RowReader:
+        return _RowReader(self._g[name], self.path / name)
 
     @classmethod
     def open(cls, path: str | Path) -> VoxelStore:
@@ -155,25 +239,25 @@ class VoxelStore:
         occ = None
         if self._occ is not None:
             o0, o1 = self._ptr["occ"][i : i + 2]
-            occ = np.asarray(self._occ[o0:o1])
+            occ = functools.partial(self._occ, o0, o1)
         return StoreFrame(
             index=i,
             frame_id=str(self._ids[i]),
             scene=str(self._scenes[i]),
             timestamp_us=int(self._timestamps[i]),
             pose=self._poses[i],
-            points=np.asarray(a["xyz"][p0:p1]),
-            features={name: np.asarray(arr[p0:p1]) for name, arr in self._feats.items()},
-            seg_labels=None if self._seg is None else np.asarray(self._seg[p0:p1]),
-            boxes=np.asarray(a["box"][b0:b1]),
-            box_names=self.box_classes[np.asarray(a["class"][b0:b1])],
-            box_velocity=np.asarray(a["velocity"][b0:b1]),
-            box_num_points=np.asarray(a["num_points"][b0:b1]),
-            box_ids=decode_strings(a["id"][b0:b1]),
-            box_difficulty=np.asarray(a["difficulty"][b0:b1]),
-            voxel_coords=np.asarray(a["coords"][v0:v1]),
-            point_voxel=np.asarray(a["voxel"][p0:p1]),
-            occupancy=occ,
+            points=a["xyz"](p0, p1),
+            features={name: read(p0, p1) for name, read in self._feats.items()},
+            seg_labels=None if self._seg is None else self._seg(p0, p1),
+            boxes=a["box"](b0, b1),
+            box_names=self.box_classes[a["class"](b0, b1)],
+            box_velocity=a["velocity"](b0, b1),
+            box_num_points=a["num_points"](b0, b1),
+            box_ids=decode_strings(a["id"](b0, b1)),
+            box_difficulty=a["difficulty"](b0, b1),
+            voxel_coords=a["coords"](v0, v1),
+            point_voxel=a["voxel"](p0, p1),
+            occupancy_reader=occ,
         )
 
 
@@ -252,7 +336,7 @@ class StoreWriter:
             "difficulty": arr("boxes/difficulty", (), "int8", BOX_CHUNK),
         }
         for name in self.feature_names:
-            self._a[f"feat/{name}"] = arr(f"points/feat/{name}", (), "float32", POINT_CHUNK)
+            self._a[f"feat/{name}"] = arr(f"points/feat/{name}", (), FEATURE_DTYPES.get(name, "float32"), POINT_CHUNK)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -291,7 +375,12 @@ class StoreWriter:
         a["id"].append(encode_strings(cat([np.asarray(f.box_ids, dtype=object) for f in fs])))
         a["difficulty"].append(cat([f.box_difficulty for f in fs]).astype(np.int8))
         for name in self.feature_names:
-            a[f"feat/{name}"].append(cat([f.features[name] for f in fs]).astype(np.float32))
+            values = cat([f.features[name] for f in fs])
+            dtype = np.dtype(FEATURE_DTYPES.get(name, "float32"))
+            stored = values.astype(dtype)
+            if dtype.kind in "iu" and not np.array_equal(stored, values):
+                raise StoreError(f"feature {name!r} has values that do not fit {dtype} exactly")
+            a[f"feat/{name}"].append(stored)
         if not self.has_seg and any(f.seg_labels is not None for f in fs):
             self.has_seg = True
             a["seg"] = self._new_array("points/seg", (), "uint8", POINT_CHUNK)

@@ -111,3 +111,74 @@ def iter_records(path: Path) -> Iterator[bytes]:
             yield data
             index += 1
             offset += _HEADER + length + _FOOTER
+
+
+def record_offsets(path: Path) -> list[tuple[int, int]]:
+    """``(byte offset, data length)`` of each record of the TFRecord file at ``path``.
+
+    Cheap: reads only the 12-byte headers and seeks over the data, checking each
+    length CRC and that every record (data and its CRC) lies within the file; the
+    data CRCs are left to ``read_record``.
+
+    Raises:
+        TFRecordError: a truncated record or a length CRC mismatch; the message names
+            the file, the record index and its byte offset.
+    """
+    path = Path(path)
+    out: list[tuple[int, int]] = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset < size:
+            index = len(out)
+            f.seek(offset)
+            header = f.read(_HEADER)
+            if len(header) < _HEADER:
+                raise TFRecordError(
+                    f"{path}: record {index} at byte {offset}: truncated header "
+                    f"({len(header)} of {_HEADER} bytes)"
+                )
+            (length,) = _LENGTH.unpack_from(header, 0)
+            (length_crc,) = _CRC.unpack_from(header, 8)
+            if masked_crc32c(header[:8]) != length_crc:
+                raise TFRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+            end = offset + _HEADER + length + _FOOTER
+            if end > size:
+                have = max(0, min(length, size - offset - _HEADER))
+                what = f"truncated data ({have} of {length} bytes)" if have < length else "truncated data CRC"
+                raise TFRecordError(f"{path}: record {index} at byte {offset}: {what}")
+            out.append((offset, length))
+            offset = end
+    return out
+
+
+def read_record(path: Path, offset: int, index: int | None = None) -> bytes:
+    """The data of the record whose header starts at byte ``offset`` (from ``record_offsets``).
+
+    Both CRCs are verified. ``index`` only serves the error messages.
+
+    Raises:
+        TFRecordError: truncated record or CRC mismatch, naming the file, the record
+            (``index`` when given) and the offset.
+    """
+    path = Path(path)
+    where = f"{path}: record {index if index is not None else '?'} at byte {offset}"
+    with open(path, "rb") as f:
+        f.seek(offset)
+        header = f.read(_HEADER)
+        if len(header) < _HEADER:
+            raise TFRecordError(f"{where}: truncated header ({len(header)} of {_HEADER} bytes)")
+        (length,) = _LENGTH.unpack_from(header, 0)
+        (length_crc,) = _CRC.unpack_from(header, 8)
+        if masked_crc32c(header[:8]) != length_crc:
+            raise TFRecordError(f"{where}: length CRC mismatch")
+        data = f.read(length)
+        if len(data) < length:
+            raise TFRecordError(f"{where}: truncated data ({len(data)} of {length} bytes)")
+        footer = f.read(_FOOTER)
+        if len(footer) < _FOOTER:
+            raise TFRecordError(f"{where}: truncated data CRC")
+        (data_crc,) = _CRC.unpack(footer)
+        if masked_crc32c(data) != data_crc:
+            raise TFRecordError(f"{where}: data CRC mismatch")
+    return data
