@@ -12,7 +12,6 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.geometry_utils import points_in_box
 from nuscenes.utils.splits import create_splits_scenes
-from pyquaternion import Quaternion
 
 from gpicture.synth.generate import SynthConfig, generate_nuscenes
 from gpicture.synth.nuscenes_writer import ground_truth_submission

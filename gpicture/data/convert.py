@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from gpicture.data.frame import RawFrame
 from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore

@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+
+from gpicture.atomic import move_into_place, temp_sibling
 
 SCHEMA_VERSION = 1
 STR_WIDTH = 64
@@ -297,8 +298,7 @@ class StoreWriter:
         if self.out.exists() and not force:
             raise StoreError(f"{self.out}: output exists (use --force to replace it)")
         try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+            self.tmp = temp_sibling(self.out)
         except OSError as exc:
             raise StoreError(f"{self.out}: cannot write there ({exc.strerror or exc})") from exc
         self.force = force
@@ -441,11 +441,5 @@ class StoreWriter:
         json.dumps(attrs)  # fail here, not half-way, on a non-JSON attribute
         g.attrs.update(attrs)
         g.attrs["complete"] = True
-        if self.out.exists():
-            trash = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, trash)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
+        move_into_place(self.tmp, self.out)
         return self.out

@@ -8,9 +8,7 @@ when complete, so an interrupted run never leaves something that looks finished.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpicture.atomic import move_into_place, temp_sibling
 from gpicture.synth.occupancy import occupancy
 from gpicture.synth.records import NuscenesScene, NuscenesSweep, ObjectStates, WaymoFrame, WaymoLaser, WaymoReturn
 from gpicture.synth.sensors import (
@@ -371,10 +370,8 @@ class _atomic_dir:  # noqa: N801  (used as a context manager)
             raise SynthError(f"{out}: exists and is not a folder")
         if out.exists() and any(out.iterdir()) and not self.force:
             raise SynthError(f"{out}: exists and is not empty (use --force to replace it)")
-        parent = out.parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+            self.tmp = temp_sibling(out)
         except OSError as exc:
             raise SynthError(f"{out}: cannot write there ({exc.strerror or exc})") from exc
         return self.tmp
@@ -383,10 +380,4 @@ class _atomic_dir:  # noqa: N801  (used as a context manager)
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.out.exists():
-            trash = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, trash)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
+        move_into_place(self.tmp, self.out)

@@ -46,6 +46,19 @@ def _frame(record: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
     return length + _CRC.pack(masked_crc32c(length)), _CRC.pack(masked_crc32c(record))
 
 
+def _record_length(path: Path, index: int, offset: int, header: bytes) -> int:
+    """The data length of a record from its 12-byte header, checking the length CRC."""
+    if len(header) < _HEADER:
+        raise TFRecordError(
+            f"{path}: record {index} at byte {offset}: truncated header ({len(header)} of {_HEADER} bytes)"
+        )
+    (length,) = _LENGTH.unpack_from(header, 0)
+    (length_crc,) = _CRC.unpack_from(header, 8)
+    if masked_crc32c(header[:8]) != length_crc:
+        raise TFRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+    return length
+
+
 def write_records(path: Path, records: Iterable[bytes]) -> None:
     """Write ``records`` as a TFRecord file at ``path``, atomically.
 
@@ -87,15 +100,7 @@ def iter_records(path: Path) -> Iterator[bytes]:
             header = f.read(_HEADER)
             if not header:
                 return
-            if len(header) < _HEADER:
-                raise TFRecordError(
-                    f"{path}: record {index} at byte {offset}: truncated header "
-                    f"({len(header)} of {_HEADER} bytes)"
-                )
-            (length,) = _LENGTH.unpack_from(header, 0)
-            (length_crc,) = _CRC.unpack_from(header, 8)
-            if masked_crc32c(header[:8]) != length_crc:
-                raise TFRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+            length = _record_length(path, index, offset, header)
             data = f.read(length)
             if len(data) < length:
                 raise TFRecordError(
@@ -133,15 +138,7 @@ def record_offsets(path: Path) -> list[tuple[int, int]]:
             index = len(out)
             f.seek(offset)
             header = f.read(_HEADER)
-            if len(header) < _HEADER:
-                raise TFRecordError(
-                    f"{path}: record {index} at byte {offset}: truncated header "
-                    f"({len(header)} of {_HEADER} bytes)"
-                )
-            (length,) = _LENGTH.unpack_from(header, 0)
-            (length_crc,) = _CRC.unpack_from(header, 8)
-            if masked_crc32c(header[:8]) != length_crc:
-                raise TFRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+            length = _record_length(path, index, offset, header)
             end = offset + _HEADER + length + _FOOTER
             if end > size:
                 have = max(0, min(length, size - offset - _HEADER))
