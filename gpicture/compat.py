@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import warnings
 from types import ModuleType
 
 
@@ -16,6 +17,9 @@ def import_minkowski() -> ModuleType:
     """Import MinkowskiEngine after aliasing ``collections.Sequence``."""
     if not hasattr(collections, "Sequence"):
         collections.Sequence = collections.abc.Sequence  # type: ignore[attr-defined]
+    # Its CPU-only notice and torch's sparse-COO deprecation repeat on every call.
+    warnings.filterwarnings("ignore", message=".*compiled with CPU_ONLY.*")
+    warnings.filterwarnings("ignore", message=".*torch.sparse.SparseTensor.*")
     import MinkowskiEngine as ME  # noqa: N817  (the package's own convention)
 
     return ME

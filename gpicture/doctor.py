@@ -183,6 +183,24 @@ def _check_native() -> tuple[str, str]:
     return "cuda+cpu" if native.with_cuda else "cpu", "in_group_index equals its reference"
 
 
+def _check_teacher() -> tuple[str, str]:
+    import numpy as np
+
+    from gpicture.params import ParamsError, load_section
+    from gpicture.teacher import SealTeacher
+
+    try:
+        ckpt = load_section(Path("params.yaml"), "teacher").get("checkpoint")
+    except ParamsError:
+        ckpt = None
+    t = SealTeacher.from_checkpoint(ckpt)
+    coords = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 1, 1]], dtype=np.int32)
+    out = t.encode(coords, np.ones((3, 1), np.float32))
+    if out.shape != (3, 64) or not np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4):
+        raise RuntimeError(f"teacher gave features of shape {out.shape}, not unit-norm")
+    return "Res16UNet34C", t.description
+
+
 CHECKS: list[tuple[str, Callable[[], tuple[str, str]], bool]] = [
     ("python", _check_python, True),
     ("torch", _check_torch, True),
@@ -195,6 +213,7 @@ CHECKS: list[tuple[str, Callable[[], tuple[str, str]], bool]] = [
     ("nuscenes-devkit", _check_nuscenes, True),
     ("waymo protos", _check_waymo, True),
     ("native ops (csrc)", _check_native, True),
+    ("teacher", _check_teacher, True),
 ]
 
 

@@ -11,6 +11,7 @@ import typer
 from stages.convert import convert, merge
 from stages.doctor import doctor
 from stages.synth import synth
+from stages.teacher import teacher
 
 app = typer.Typer(
     name="gpicture",
@@ -29,6 +30,7 @@ app.command("doctor")(doctor)
 app.command("synth")(synth)
 app.command("convert")(convert)
 app.command("merge")(merge)
+app.command("teacher")(teacher)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

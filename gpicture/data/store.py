@@ -22,6 +22,7 @@ name and moved into place when complete.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -217,6 +218,26 @@ class VoxelStore:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of this store's identity and layout: its source, grid and every frame's
+        point and voxel pointers. Derived stores (the teacher cache) record it."""
+        h = hashlib.sha256()
+        keys = ("dataset", "split", "source_fingerprint", "point_cloud_range", "voxel_size", "sweeps", "n_points", "n_voxels")
+        h.update(json.dumps({k: self.attrs.get(k) for k in keys}, sort_keys=True).encode())
+        for k in ("point", "voxel"):
+            h.update(np.ascontiguousarray(self._ptr[k], dtype=np.int64).tobytes())
+        h.update("\n".join(self._ids).encode())
+        return h.hexdigest()
+
+    def voxel_range(self, i: int) -> tuple[int, int]:
+        """Rows [v0, v1) of frame i in the store's flat voxel arrays."""
+        return int(self._ptr["voxel"][i]), int(self._ptr["voxel"][i + 1])
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self._ptr["voxel"][-1])
 
     @property
     def frame_ids(self) -> list[str]:

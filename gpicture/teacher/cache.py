@@ -1,0 +1,233 @@
+"""The teacher-feature cache: one 64-d Seal feature per canonical voxel of a store.
+
+For each frame of a voxel store, the (keyframe) points are quantized at the teacher's
+own voxel size (0.2 m by default) with the mean scaled intensity as the single input
+channel, the frozen teacher runs on a batch of frames, and each teacher voxel's output
+is averaged into the store's canonical voxels through the points they share. The
+result is a Zarr store aligned row for row with the source's voxels:
+
+    features (V, 64) float16 | int8     scale (V,) float32 (int8 only: row = int8 * scale)
+    valid (V,) bool                     False where no teacher point fell in the voxel
+    frames/voxel_ptr int64 (F + 1,)     the source's voxel pointers
+
+Work is written to ``.<name>.partial`` next to the output with the number of frames
+done; an interrupted run resumes there (if the source, checkpoint and settings still
+match) and the folder is moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from gpicture.atomic import move_into_place
+from gpicture.data.store import StoreError, VoxelStore
+from gpicture.teacher.seal import SealTeacher
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+CHUNK = 1 << 15
+DIM = 64
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How teacher features are computed (the ``teacher`` section of params.yaml)."""
+
+    voxel_size: float = 0.2  # m, the teacher's own quantization
+    input_scale: float = 1.0  # intensity multiplier for the input channel (1/255 for nuScenes' 0..255)
+    keyframe_only: bool = True  # only points with time_lag 0 / return_index 0 feed the teacher
+    batch_frames: int = 2
+    dtype: str = "float16"  # or "int8"
+
+    def validate(self) -> None:
+        if self.voxel_size <= 0 or self.batch_frames < 1:
+            raise ValueError(f"teacher voxel_size must be > 0 and batch_frames >= 1, got {self}")
+        if self.dtype not in ("float16", "int8"):
+            raise ValueError(f"teacher dtype must be float16 or int8, got {self.dtype!r}")
+
+
+def _teacher_points(fr, cfg: TeacherConfig) -> np.ndarray:  # noqa: ANN001
+    """Mask of the frame's points that feed the teacher: inside the grid, keyframe only."""
+    keep = fr.point_voxel >= 0
+    if cfg.keyframe_only:
+        if "time_lag" in fr.features:
+            keep &= fr.features["time_lag"] == 0
+        if "return_index" in fr.features:
+            keep &= fr.features["return_index"] == 0
+    return keep
+
+
+def frame_batch_features(teacher: SealTeacher, frames: list, cfg: TeacherConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Teacher features averaged into each frame's canonical voxels: per frame
+    ((V_i, 64) float32, (V_i,) bool valid)."""
+    coords, feats, links = [], [], []
+    offset = 0
+    for b, fr in enumerate(frames):
+        keep = _teacher_points(fr, cfg)
+        pts = fr.points[keep]
+        q = np.floor(pts / cfg.voxel_size).astype(np.int64)
+        uniq, inv = np.unique(q, axis=0, return_inverse=True)
+        inv = inv.ravel()
+        n_t = len(uniq)
+        intensity = fr.features["intensity"][keep].astype(np.float64) * cfg.input_scale
+        mean_i = np.bincount(inv, weights=intensity, minlength=n_t) / np.maximum(np.bincount(inv, minlength=n_t), 1)
+        coords.append(np.column_stack([np.full(n_t, b), uniq]).astype(np.int32))
+        feats.append(mean_i.astype(np.float32)[:, None])
+        # (teacher voxel, student voxel) links, one per distinct pair
+        pair = np.unique(np.column_stack([inv + offset, fr.point_voxel[keep]]), axis=0)
+        links.append(pair)
+        offset += n_t
+    out = teacher.encode(np.concatenate(coords), np.concatenate(feats)) if offset else np.zeros((0, DIM), np.float32)
+    result = []
+    for fr, pair in zip(frames, links, strict=True):
+        v = len(fr.voxel_coords)
+        acc = np.zeros((v, DIM), np.float64)
+        np.add.at(acc, pair[:, 1], out[pair[:, 0]])
+        count = np.bincount(pair[:, 1], minlength=v)
+        valid = count > 0
+        acc[valid] /= count[valid, None]
+        result.append((acc.astype(np.float32), valid))
+    return result
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: x ~ q * scale."""
+    scale = np.abs(x).max(1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.clip(np.round(x / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def _settings(source: VoxelStore, teacher: SealTeacher, cfg: TeacherConfig) -> dict[str, Any]:
+    return {
+        "source_store_fingerprint": source.fingerprint,
+        "source_store": str(source.path),
+        "source_n_voxels": source.n_voxels,
+        "source_n_frames": len(source),
+        "checkpoint_sha256": teacher.sha256,
+        "checkpoint": None if teacher.checkpoint is None else str(teacher.checkpoint),
+        "random_init": teacher.is_random,
+        "random_init_seed": teacher.seed if teacher.is_random else None,
+        "teacher": "Res16UNet34C (MinkowskiEngine), in 1 -> out 64, L2-normalised",
+        "teacher_voxel_size": cfg.voxel_size,
+        "config": asdict(cfg),
+    }
+
+
+def _open_partial(partial: Path, settings: dict[str, Any], source: VoxelStore, cfg: TeacherConfig) -> zarr.Group:
+    if partial.exists():
+        try:
+            g = zarr.open_group(str(partial), mode="r+")
+            if json.dumps(g.attrs.get("settings"), sort_keys=True) == json.dumps(settings, sort_keys=True):
+                log.info("teacher: resuming %s at frame %d", partial, g.attrs["frames_done"])
+                return g
+        except Exception:  # noqa: BLE001  (an unreadable leftover is simply replaced)
+            pass
+        log.warning("teacher: discarding %s (made for another source, checkpoint or settings)", partial)
+        shutil.rmtree(partial)
+    g = zarr.open_group(str(partial), mode="w")
+    comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    v = source.n_voxels
+    g.create_array("features", shape=(v, DIM), chunks=(CHUNK, DIM), dtype=cfg.dtype, compressors=comp)
+    if cfg.dtype == "int8":
+        g.create_array("scale", shape=(v,), chunks=(CHUNK,), dtype="float32", compressors=comp)
+    g.create_array("valid", shape=(v,), chunks=(CHUNK,), dtype="bool", compressors=comp)
+    ptr = np.array([source.voxel_range(i)[0] for i in range(len(source))] + [v], dtype=np.int64)
+    g.create_array("frames/voxel_ptr", data=ptr, chunks=(4096,), compressors=comp)
+    g.attrs.update({"format": "gpicture-teacher-store", "schema_version": SCHEMA_VERSION, "settings": settings,
+                    "frames_done": 0, "complete": False})
+    return g
+
+
+def build_teacher_store(source_path: Path, out: Path, teacher: SealTeacher, cfg: TeacherConfig, force: bool = False,
+                        progress: Callable[[int, int], None] | None = None,
+                        stop_after: int | None = None) -> dict[str, Any]:
+    """Compute (or resume) the teacher cache of a voxel store. ``stop_after`` frames is
+    for tests of interruption: the run stops there, leaving the partial folder."""
+    cfg.validate()
+    source = VoxelStore.open(source_path)
+    out = Path(out)
+    if out.exists() and not force:
+        raise StoreError(f"{out}: output exists (use --force to replace it)")
+    partial = out.with_name(f".{out.name}.partial")
+    settings = _settings(source, teacher, cfg)
+    g = _open_partial(partial, settings, source, cfg)
+    n = len(source)
+    start = int(g.attrs["frames_done"])
+    done_now = 0
+    for b0 in range(start, n, cfg.batch_frames):
+        b1 = min(b0 + cfg.batch_frames, n)
+        frames = [source[i] for i in range(b0, b1)]
+        feats = frame_batch_features(teacher, frames, cfg)
+        v0, v1 = source.voxel_range(b0)[0], source.voxel_range(b1 - 1)[1]
+        block = np.concatenate([f for f, _ in feats]) if feats else np.zeros((0, DIM), np.float32)
+        if cfg.dtype == "int8":
+            q, scale = quantize_int8(block)
+            g["features"][v0:v1] = q
+            g["scale"][v0:v1] = scale
+        else:
+            g["features"][v0:v1] = block.astype(np.float16)
+        g["valid"][v0:v1] = np.concatenate([m for _, m in feats])
+        g.attrs["frames_done"] = b1  # only after the rows are written: a resume redoes at most one batch
+        done_now += b1 - b0
+        if progress:
+            progress(b1, n)
+        if stop_after is not None and done_now >= stop_after and b1 < n:
+            return {"frames": b1, "complete": False}
+    g.attrs["complete"] = True
+    move_into_place(partial, out)
+    valid = TeacherStore.open(out).valid_fraction()
+    return {"frames": n, "voxels": source.n_voxels, "valid_fraction": round(valid, 4), "complete": True,
+            "resumed_from": start}
+
+
+class TeacherStore:
+    """Read access to a teacher cache, checked against its source store."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self._g = group
+        self.attrs = dict(group.attrs)
+        self.settings = self.attrs["settings"]
+        self._ptr = np.asarray(group["frames/voxel_ptr"][:])
+        self.dtype = self.settings["config"]["dtype"]
+
+    @classmethod
+    def open(cls, path: str | Path, source: VoxelStore | None = None) -> TeacherStore:
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path}: not a teacher store (no zarr.json)")
+        g = zarr.open_group(str(path), mode="r")
+        if g.attrs.get("format") != "gpicture-teacher-store":
+            raise StoreError(f"{path}: not a gpicture teacher store")
+        if not g.attrs.get("complete"):
+            raise StoreError(f"{path}: incomplete teacher store (an interrupted run); run `gpicture teacher` again")
+        store = cls(path, g)
+        if source is not None and store.settings["source_store_fingerprint"] != source.fingerprint:
+            raise StoreError(f"{path}: was computed from another source store than {source.path} "
+                             "(fingerprints differ): recompute it")
+        return store
+
+    def __len__(self) -> int:
+        return len(self._ptr) - 1
+
+    def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features (V_i, 64) float32, valid (V_i,) bool) of frame i, rows in the source's voxel order."""
+        v0, v1 = int(self._ptr[i]), int(self._ptr[i + 1])
+        f = np.asarray(self._g["features"][v0:v1]).astype(np.float32)
+        if self.dtype == "int8":
+            f *= np.asarray(self._g["scale"][v0:v1])[:, None]
+        return f, np.asarray(self._g["valid"][v0:v1])
+
+    def valid_fraction(self) -> float:
+        v = np.asarray(self._g["valid"][:])
+        return float(v.mean()) if len(v) else 0.0

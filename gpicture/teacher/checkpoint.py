@@ -1,0 +1,75 @@
+"""Loading SLidR / Seal MinkUNet checkpoints, strictly.
+
+Accepted: ``.pt`` / ``.pth`` files holding the weights at top level or under
+``state_dict`` or ``model_points``, with key prefixes ``model_points.``, ``model.``,
+``module.`` and ``encoder.`` (in any combination) removed. Every tensor of the network
+must be provided with the right shape; otherwise the checkpoint is refused with the
+missing, unexpected and mismatched keys listed (the original code skipped them silently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+PREFIXES = ("model_points.", "model.", "module.", "encoder.")
+CONTAINERS = ("state_dict", "model_points")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the network."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file, unwrapped and with prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (corrupt zip, not a pickle, foreign objects)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    for name in CONTAINERS:
+        if isinstance(obj, dict) and isinstance(obj.get(name), dict):
+            obj = obj[name]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict (top level, 'state_dict' or 'model_points')")
+    return {strip_prefixes(k): v for k, v in obj.items()}
+
+
+def check_layout(path: Path, given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError listing every missing, unexpected and mismatched key."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = sorted(
+        f"{k}: {tuple(given[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in set(given) & set(expected) if tuple(given[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{label} {len(items)}: {shown}")
+        raise CheckpointError(f"{path}: does not fit Res16UNet34C (in 1, out 64): " + "; ".join(parts))

@@ -1,0 +1,74 @@
+"""The frozen Seal teacher: Res16UNet34C with loaded (or seeded random) weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpicture.teacher.checkpoint import check_layout, file_sha256, read_state_dict
+from gpicture.teacher.res16unet import ME, Res16UNet34C
+
+log = logging.getLogger(__name__)
+
+
+class SealTeacher:
+    """A frozen Res16UNet34C (in 1 -> out 64, L2-normalised features) in eval mode."""
+
+    def __init__(self, net: Res16UNet34C, checkpoint: Path | None, sha256: str | None, seed: int, device: str) -> None:
+        self.net = net.eval().to(device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.checkpoint = checkpoint
+        self.sha256 = sha256
+        self.seed = seed
+        self.device = device
+
+    @property
+    def is_random(self) -> bool:
+        """True when no checkpoint was given: the weights are a seeded random initialisation."""
+        return self.checkpoint is None
+
+    @property
+    def description(self) -> str:
+        if self.is_random:
+            return (f"RANDOM INITIALISATION (seed {self.seed}): no Seal checkpoint configured; "
+                    "features are not semantic")
+        return f"Seal checkpoint {self.checkpoint} (sha256 {self.sha256})"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None, device: str = "cpu", seed: int = 0) -> SealTeacher:
+        """Load a SLidR / Seal checkpoint strictly, or seed a random teacher when ``path`` is None."""
+        torch.manual_seed(seed)
+        net = Res16UNet34C(in_channels=1, out_channels=64, bn_momentum=0.05)
+        if path is None:
+            log.warning("teacher: no checkpoint configured, using a seeded random initialisation (seed %d)", seed)
+            return cls(net, None, None, seed, device)
+        path = Path(path)
+        weights = read_state_dict(path)
+        check_layout(path, weights, net.state_dict())
+        net.load_state_dict(weights, strict=True)
+        return cls(net, path, file_sha256(path), seed, device)
+
+    @torch.no_grad()
+    def encode(self, coords, feats) -> np.ndarray:  # noqa: ANN001
+        """Features of quantized voxels.
+
+        ``coords`` int32 (N, 4) batch, x, y, z (MinkowskiEngine's convention, already
+        quantized); ``feats`` float32 (N, 1). Returns float32 (N, 64), rows in input order
+        (duplicated coordinates get the same row).
+        """
+        c = torch.as_tensor(np.asarray(coords), dtype=torch.int32)
+        f = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+        if c.ndim != 2 or c.shape[1] != 4 or f.shape != (len(c), 1):
+            raise ValueError(f"encode: coords must be (N, 4) and feats (N, 1), got {tuple(c.shape)} and {tuple(f.shape)}")
+        if len(c) == 0:
+            return np.zeros((0, 64), np.float32)
+        x = ME.SparseTensor(f.to(self.device), coordinates=c.to(self.device),
+                            quantization_mode=ME.SparseTensorQuantizationMode.UNWEIGHTED_AVERAGE)
+        out = self.net(x)
+        # Back to the caller's rows: the sparse tensor may have reordered / merged them.
+        rows = out.features_at_coordinates(c.to(self.device).float())
+        return rows.cpu().numpy().astype(np.float32)
