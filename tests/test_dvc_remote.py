@@ -41,7 +41,7 @@ def test_teacher_cache_travels_through_a_local_remote(repo_root, venv_bin, tmp_p
     _run([dvc, "push", "--run-cache"], a, env)
 
     _run(["git", "clone", "-q", str(a), str(b)], tmp_path, env)
-    _run([dvc, "pull", "--run-cache"], b, env)
+    _run([dvc, "pull", "--with-deps", STAGE], b, env)  # this stage's outputs and everything upstream
     teacher = Path("data/teacher/nuscenes/val.zarr")
     assert (b / teacher / "zarr.json").exists()
     out = _run([dvc, "repro", STAGE], b, env)
