@@ -1,0 +1,1 @@
+"""Models: the VFE + DSVT student, GPICTURE's pre-training objectives, task heads."""

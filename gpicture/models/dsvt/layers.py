@@ -1,0 +1,88 @@
+"""DSVT layers: learned position embeddings, set attention, and attention-style z pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gpicture.models.dsvt.partition import SetPartition
+from gpicture.ops import in_group_index
+
+
+class PositionEmbedding(nn.Module):
+    """Learned embedding of (normalised) relative coordinates: Linear-BN-ReLU-Linear."""
+
+    def __init__(self, in_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, d_model), nn.BatchNorm1d(d_model), nn.ReLU(inplace=True),
+                                 nn.Linear(d_model, d_model))
+
+    def forward(self, rel: Tensor) -> Tensor:
+        return self.net(rel)
+
+
+class SetAttentionLayer(nn.Module):
+    """One DSVT encoder layer: multi-head attention inside every set (keys of repeated
+    voxels masked), a residual and LayerNorm, then a feed-forward block (post-norm)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.pos = PositionEmbedding(3, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(dim_feedforward, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, part: SetPartition, rel_pos: Tensor) -> Tensor:
+        """``x`` (V, d) voxel features; ``rel_pos`` (V, 3) window-relative coordinates in [-0.5, 0.5]."""
+        pos = self.pos(rel_pos)
+        xs, ps = x[part.voxel], pos[part.voxel]  # (T, S, d)
+        q = xs + ps
+        out, _ = self.attn(q, q, xs, key_padding_mask=part.pad_mask, need_weights=False)
+        first = part.first
+        upd = torch.zeros_like(x).index_copy(0, part.voxel[first], out[first])  # each voxel written once
+        x = self.norm1(x + self.drop(upd))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class ZPooling(nn.Module):
+    """Attention-style pooling between stages: voxels sharing a cell of ``stride``
+    (x, y, z) become one voxel whose query is the members' max and whose value is the
+    attention over the members (keys carry their offset inside the cell)."""
+
+    def __init__(self, d_model: int, nhead: int, stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.stride = stride
+        self.pos = PositionEmbedding(3, d_model)
+        self.attn = nn.MultiheadAttention(d_model, nhead, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, coords: Tensor, sparse_shape: tuple[int, int, int]) -> tuple[Tensor, Tensor, Tensor, tuple[int, int, int]]:
+        """Returns (pooled features (G, d), pooled coords (G, 4) b, z, y, x, the pooled voxel of
+        every input voxel (V,), the new sparse shape (x, y, z))."""
+        sx, sy, sz = self.stride
+        stride_zyx = torch.tensor([1, sz, sy, sx], device=coords.device)
+        new = torch.div(coords.long(), stride_zyx, rounding_mode="floor")
+        nx, ny, nz = (-(-sparse_shape[0] // sx), -(-sparse_shape[1] // sy), -(-sparse_shape[2] // sz))
+        key = ((new[:, 0] * nz + new[:, 1]) * ny + new[:, 2]) * nx + new[:, 3]
+        uniq, group = torch.unique(key, return_inverse=True)
+        g = len(uniq)
+        rank = in_group_index(group, g)
+        k = sx * sy * sz
+        slots = torch.full((g, k), -1, dtype=torch.long, device=x.device)
+        slots[group, rank] = torch.arange(len(x), device=x.device)
+        pad = slots < 0
+        safe = slots.clamp_min(0)
+        offset = (coords.long() - new * stride_zyx)[:, 1:].flip(1).float()  # x, y, z inside the cell
+        denom = torch.tensor([sx, sy, sz], device=x.device, dtype=torch.float32)
+        pos = self.pos((offset + 0.5) / denom - 0.5)
+        members = x[safe]
+        query = members.masked_fill(pad[..., None], float("-inf")).amax(1, keepdim=True)
+        out, _ = self.attn(query, members + pos[safe], members, key_padding_mask=pad, need_weights=False)
+        pooled = self.norm(query[:, 0] + out[:, 0])
+        b, rem = torch.div(uniq, nz * ny * nx, rounding_mode="floor"), uniq % (nz * ny * nx)
+        z, rem = torch.div(rem, ny * nx, rounding_mode="floor"), rem % (ny * nx)
+        y, xx = torch.div(rem, nx, rounding_mode="floor"), rem % nx
+        return pooled, torch.stack([b, z, y, xx], 1).int(), group, (nx, ny, nz)
