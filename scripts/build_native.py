@@ -25,13 +25,13 @@ def main() -> None:
     cpp = sorted(glob.glob("csrc/*.cpp"))
     cu = sorted(glob.glob("csrc/*.cu"))
     with_cuda = torch.version.cuda is not None and shutil.which("nvcc") is not None and bool(cu)
-    args = {"cxx": ["-O3", "-std=c++17"]}
+    args = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}  # at::parallel_for needs OpenMP to use the cores
     if with_cuda:
         args["nvcc"] = ["-O3", "-DGPICTURE_WITH_CUDA"]
         args["cxx"].append("-DGPICTURE_WITH_CUDA")
-        ext = CUDAExtension("gpicture._native", cpp + cu, extra_compile_args=args)
+        ext = CUDAExtension("gpicture._native", cpp + cu, extra_compile_args=args, extra_link_args=["-fopenmp"])
     else:
-        ext = CppExtension("gpicture._native", cpp, extra_compile_args=args)
+        ext = CppExtension("gpicture._native", cpp, extra_compile_args=args, extra_link_args=["-fopenmp"])
     print(f"[build_native] {len(cpp)} C++ and {len(cu) if with_cuda else 0} CUDA sources", flush=True)
     setup(
         name="gpicture-native",
