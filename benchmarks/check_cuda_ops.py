@@ -39,6 +39,15 @@ def main() -> int:
         same = torch.equal(native.nms_rotated(boxes.cuda(), scores.cuda(), thr).cpu(), native.nms_rotated(boxes, scores, thr))
         failures += not same
         print(f"nms_rotated threshold {thr}: cuda == cpu: {same}")
+    from gpicture.models.i2mask import i2mask
+
+    feats = torch.randn(20_000, 64, generator=torch.Generator().manual_seed(0))
+    cpu_m = i2mask(feats, generator=torch.Generator().manual_seed(3))
+    gpu_m = i2mask(feats.cuda(), generator=torch.Generator().manual_seed(3))
+    same = gpu_m.mask.is_cuda and gpu_m.partition == cpu_m.partition and torch.allclose(
+        gpu_m.cluster_ratio.cpu(), cpu_m.cluster_ratio, atol=1e-5)
+    failures += not same
+    print(f"i2mask 20k x 64: cuda partition and ratios == cpu: {same}")
     groups = torch.randint(0, 300, (100_000,))
     same = torch.equal(native.in_group_index(groups.cuda(), 300).cpu(), native.in_group_index(groups, 300))
     failures += not same

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from stages.cka import cka
 from stages.convert import convert, merge
 from stages.doctor import doctor
+from stages.pretrain import pretrain
 from stages.synth import synth
 from stages.teacher import teacher
 
@@ -31,6 +33,8 @@ app.command("synth")(synth)
 app.command("convert")(convert)
 app.command("merge")(merge)
 app.command("teacher")(teacher)
+app.command("pretrain")(pretrain)
+app.command("cka")(cka)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

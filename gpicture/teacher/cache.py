@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -31,7 +31,9 @@ from zarr.codecs import BloscCodec
 
 from gpicture.atomic import move_into_place
 from gpicture.data.store import StoreError, VoxelStore
-from gpicture.teacher.seal import SealTeacher
+
+if TYPE_CHECKING:  # only for annotations: building needs MinkowskiEngine, reading does not
+    from gpicture.teacher.seal import SealTeacher
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1

@@ -1,0 +1,49 @@
+"""CKA-derived reconstruction weights: alpha_l = mean over fine-tuned models of the linear
+CKA between the pre-trained and the fine-tuned student's layer-l activations on a fixed
+probe batch (the paper's CKA-guided hierarchy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpicture.data.dataset import collate_frames
+from gpicture.data.store import VoxelStore
+from gpicture.models.cka import linear_cka
+from gpicture.models.student import Student, StudentConfig
+
+
+def load_student(path: Path, store_attrs: dict[str, Any]) -> Student:
+    """A student from ``student.pt`` (pre-training) or any checkpoint holding its weights under
+    ``student`` with its ``model_params``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "student" not in state or "model_params" not in state:
+        raise ValueError(f"{path}: not a gpicture student checkpoint (needs 'student' and 'model_params')")
+    model = Student(StudentConfig.from_params(state["model_params"], store_attrs))
+    try:
+        model.load_state_dict(state["student"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the student it describes ({exc})") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def layer_activations(model: Student, store: VoxelStore, frames: int) -> list[torch.Tensor]:
+    b = collate_frames([store[i] for i in range(min(frames, len(store)))], list(model.cfg.point_features))
+    out = model(b.points, b.features, b.point_voxel, b.voxel_coords)
+    return [out.per_input_voxel(layer) for layer in range(len(out.activations))]
+
+
+def cka_alpha(pretrained: Path, finetuned: list[Path], store: Path, frames: int = 2) -> list[float]:
+    """Per-layer alpha from one pre-trained and one or more fine-tuned students."""
+    src = VoxelStore.open(store)
+    ref = layer_activations(load_student(pretrained, src.attrs), src, frames)
+    per_model = []
+    for path in finetuned:
+        acts = layer_activations(load_student(path, src.attrs), src, frames)
+        if len(acts) != len(ref):
+            raise ValueError(f"{path}: {len(acts)} layers, the pre-trained student has {len(ref)}")
+        per_model.append(torch.stack([linear_cka(a, b) for a, b in zip(ref, acts, strict=True)]))
+    return [round(float(v), 6) for v in torch.stack(per_model).mean(0)]

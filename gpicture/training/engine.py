@@ -1,0 +1,210 @@
+"""The training engine shared by pre-training and fine-tuning.
+
+AdamW with the one-cycle schedule of the paper's configs (momentum cycled 0.95 ->
+0.85, warm-up fraction ``pct_start``, ``div_factor``), gradient-norm clipping, AMP on
+CUDA, an atomic checkpoint at the end of every epoch and exact resume from it, DDP
+under ``torchrun`` (gloo on CPU, NCCL on GPU), dvclive metrics and plots, and a
+progress bar. Randomness inside a step comes from a generator seeded by (seed, epoch,
+frame), so a resumed or distributed run draws the same masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (a ``pretrain`` / ``finetune`` section of params.yaml)."""
+
+    epochs: int
+    batch_size: int  # frames per process
+    lr: float
+    weight_decay: float
+    moms: tuple[float, float] = (0.95, 0.85)
+    pct_start: float = 0.4
+    div_factor: float = 10.0
+    grad_clip: float = 35.0
+    seed: int = 0
+    num_workers: int = 0
+    amp: bool = True  # only takes effect on CUDA
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun set up (WORLD_SIZE > 1), else a single process.
+    The device is CUDA when present (one GPU per local rank), else the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+class Hooks(Protocol):
+    """Per-epoch callbacks with state saved in the checkpoint (e.g. DGPL's probe history)."""
+
+    def epoch_start(self, epoch: int) -> dict[str, float]: ...
+    def epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class StepContext:
+    epoch: int
+    step: int  # global step
+    epoch_state: dict[str, float]  # what epoch_start returned (e.g. beta)
+    device: torch.device
+
+
+StepFn = Callable[[nn.Module, Any, StepContext], tuple[Tensor, dict[str, float]]]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step_fn: StepFn, cfg: TrainConfig,
+        out_dir: Path, dist: DistInfo, hooks: Hooks | None = None, resume: bool = True,
+        stop_after_epochs: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Train ``model`` for ``cfg.epochs`` epochs (resuming from ``out_dir/checkpoint.pt``).
+
+    ``step_fn`` returns the loss to back-propagate and scalars to log. Returns the
+    last epoch's mean metrics. ``stop_after_epochs`` ends this run early (tests of resume).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = model.to(dist.device)
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    steps_per_epoch = len(loader)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.moms[0], 0.99))
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1), pct_start=cfg.pct_start,
+        div_factor=cfg.div_factor, base_momentum=cfg.moms[1], max_momentum=cfg.moms[0], cycle_momentum=True)
+    use_amp = cfg.amp and dist.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch = 0
+    ckpt_path = out_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if hooks is not None and state.get("hooks") is not None:
+            hooks.load_state_dict(state["hooks"])
+        start_epoch = int(state["epoch"]) + 1
+        if dist.is_main:
+            log.info("resuming from %s after epoch %d", ckpt_path, start_epoch - 1)
+    ddp = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None) \
+        if dist.world_size > 1 else model
+    live = None
+    if dist.is_main:
+        from dvclive import Live
+
+        live = Live(dir=str(out_dir / "dvclive"), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None)
+    bar = _progress(progress and dist.is_main, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    last: dict[str, float] = {}
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        epoch_state = hooks.epoch_start(epoch) if hooks is not None else {}
+        ddp.train()
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(loader):
+            ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + i, epoch_state=epoch_state, device=dist.device)
+            with torch.autocast(device_type="cuda", enabled=use_amp):
+                loss, metrics = step_fn(ddp, batch, ctx)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                bar.update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f}")
+        last = {k: v / max(steps_per_epoch, 1) for k, v in sums.items()}
+        last.update(epoch_state)
+        last["lr"] = float(sched.get_last_lr()[0])
+        if hooks is not None:
+            last.update(hooks.epoch_end(epoch, unwrap(ddp)))
+        if dist.world_size > 1:
+            tdist.barrier()
+        if dist.is_main:
+            _save_atomic({"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg),
+                          "hooks": hooks.state_dict() if hooks is not None else None}, ckpt_path)
+            for k, v in last.items():
+                live.log_metric(k, v)
+            live.next_step()
+        epochs_run += 1
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+            break
+    if bar is not None:
+        bar.close()
+    if live is not None:
+        live.end()
+    return last
+
+
+class _Bar:
+    def __init__(self, total: int, done: int) -> None:
+        from tqdm import tqdm
+
+        self.t = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False)
+
+    def update(self, n: int, text: str) -> None:
+        self.t.set_description_str(text, refresh=False)
+        self.t.update(n)
+
+    def close(self) -> None:
+        self.t.close()
+
+
+def _progress(enabled: bool, total: int, done: int) -> _Bar | None:
+    return _Bar(total, done) if enabled else None

@@ -1,0 +1,144 @@
+"""The GPICTURE pre-training loop: I²Mask per frame, hierarchical reconstruction, DGPL.
+
+Masks come from I²Mask on each frame's teacher features with a generator seeded by
+(seed, epoch, frame), so they do not depend on batch composition, process count or
+resumption. DGPL records the first layers' activations on a fixed probe batch at the
+end of every epoch (in memory, saved in the checkpoint) and gates the teacher loss
+from epoch 2 on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpicture.models.dgpl import DifferentialGate
+from gpicture.models.i2mask import i2mask_batch
+from gpicture.models.pretrain import GPicturePretrainer, ReconstructionConfig
+from gpicture.models.student import Student, StudentConfig
+from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit
+from gpicture.training.pretrain_data import PretrainBatch, PretrainDataset, collate_pretrain
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    n_clusters: int = 8
+    n_partition: tuple[int, ...] = (3, 3, 2)
+    lambda_threshold: float = 0.6
+    base_mask_ratio: tuple[float, ...] = (0.9, 0.45, 0.0)
+
+
+@dataclass(frozen=True)
+class DGPLConfig:
+    delta: float = 0.2
+    gamma: float = 10.0
+    first_layers: int = 4
+    probe_frames: int = 2
+
+
+def frame_seed(seed: int, epoch: int, frame: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"mask:{seed}:{epoch}:{frame}".encode()).digest()[:8], "little") >> 1
+
+
+def masks_for_batch(batch: PretrainBatch, cfg: MaskConfig, seed: int, epoch: int) -> torch.Tensor:
+    """I²Mask of every frame of the batch, each with its own (seed, epoch, frame) generator."""
+    mask = torch.zeros(len(batch.voxel_coords), dtype=torch.bool, device=batch.voxel_coords.device)
+    bidx = batch.voxel_coords[:, 0].long()
+    for b in range(batch.batch_size):  # a handful of frames per batch
+        rows = (bidx == b).nonzero()[:, 0]
+        gen = torch.Generator(device="cpu").manual_seed(frame_seed(seed, epoch, int(batch.frame_index[b])))
+        m, _ = i2mask_batch(batch.teacher[rows].cpu(), torch.zeros(len(rows), dtype=torch.long),
+                            valid=batch.teacher_valid[rows].cpu(), n_clusters=cfg.n_clusters,
+                            n_partition=tuple(cfg.n_partition), lambda_threshold=cfg.lambda_threshold,
+                            base_mask_ratio=tuple(cfg.base_mask_ratio), generator=gen)
+        mask[rows] = m.to(mask.device)
+    return mask
+
+
+class DGPLHooks:
+    """Engine hooks: beta at each epoch start, the probe activations at each epoch end."""
+
+    def __init__(self, cfg: DGPLConfig, probe: PretrainBatch, device: torch.device) -> None:
+        self.gate = DifferentialGate(first_layers=cfg.first_layers, delta=cfg.delta, gamma=cfg.gamma)
+        self.cfg = cfg
+        self.probe = probe
+        self.device = device
+
+    def epoch_start(self, epoch: int) -> dict[str, float]:
+        beta = self.gate.beta(epoch)
+        return {"beta": float(beta), "c_r": float(self.gate.last_c_r or 0.0)}
+
+    def epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        was = model.training
+        model.eval()
+        acts = model.probe_activations(self.probe.to(self.device), self.cfg.first_layers)
+        model.train(was)
+        self.gate.record(epoch, acts)
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.gate.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gate.load_state_dict(state)
+
+
+def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: MaskConfig, seed: int):  # noqa: ANN202
+    batch = batch.to(ctx.device)
+    mask = masks_for_batch(batch, mask_cfg, seed, ctx.epoch)
+    losses = model(batch, mask, beta=ctx.epoch_state.get("beta", 0.0))
+    return losses.total, {"loss_points": float(losses.points.mean()), "loss_teacher": float(losses.teacher.mean()),
+                          "masked_fraction": losses.masked_fraction}
+
+
+def build_pretrainer(model_params: dict[str, Any], store_attrs: dict[str, Any], alpha: tuple[float, ...],
+                     pred_points: int = 16, decoder_blocks: int = 1) -> GPicturePretrainer:
+    student = Student(StudentConfig.from_params(model_params, store_attrs))
+    return GPicturePretrainer(student, ReconstructionConfig(alpha=tuple(alpha), pred_points=pred_points,
+                                                             decoder_blocks=decoder_blocks))
+
+
+def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_dir: Path, train: TrainConfig,
+                 alpha: tuple[float, ...], mask: MaskConfig, dgpl: DGPLConfig, dist: DistInfo,
+                 true_points: int = 64, pred_points: int = 16, decoder_blocks: int = 1, resume: bool = True,
+                 stop_after_epochs: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Pre-train a student on a store + teacher store; writes ``out_dir/checkpoint.pt`` each
+    epoch, dvclive logs, and ``out_dir/student.pt`` (the backbone, for fine-tuning) at the end."""
+    dataset = PretrainDataset(store, teacher)
+    attrs = dataset.attrs
+    torch.manual_seed(train.seed)  # the same initial weights in every run and process
+    model = build_pretrainer(model_params, attrs, alpha, pred_points, decoder_blocks)
+    feature_names = list(model.student.cfg.point_features)
+    collate = functools.partial(collate_pretrain, feature_names=feature_names,
+                                voxel_size=tuple(attrs["voxel_size"]), point_cloud_range=tuple(attrs["point_cloud_range"]),
+                                max_points=true_points)
+    probe = collate([dataset[i] for i in range(min(dgpl.probe_frames, len(dataset)))])
+    hooks = DGPLHooks(dgpl, probe, dist.device)
+    step = functools.partial(_step, mask_cfg=mask, seed=train.seed)
+    metrics = fit(model, dataset, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
+                  stop_after_epochs=stop_after_epochs, progress=progress)
+    if dist.is_main and (stop_after_epochs is None or _finished(out_dir, train.epochs)):
+        save_student(model.student, model_params, attrs, out_dir / "student.pt")
+    return metrics
+
+
+def _finished(out_dir: Path, epochs: int) -> bool:
+    state = torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return int(state["epoch"]) + 1 >= epochs
+
+
+def save_student(student: Student, model_params: dict[str, Any], store_attrs: dict[str, Any], path: Path) -> None:
+    """The pre-trained backbone, with what is needed to rebuild it, written atomically."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"format": "gpicture-student", "student": student.state_dict(), "model_params": model_params,
+                "grid": {k: store_attrs[k] for k in ("voxel_size", "point_cloud_range", "grid_shape_zyx")},
+                "dataset": store_attrs.get("dataset")}, tmp)
+    os.replace(tmp, path)
