@@ -231,6 +231,17 @@ class VoxelStore:
         h.update("\n".join(self._ids).encode())
         return h.hexdigest()
 
+    def frame_boxes(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes (M, 7), names (M,), velocity (M, 2), num_points (M,)) of frame i, without
+        reading its points (evaluation over a whole split touches only the box rows)."""
+        b0, b1 = self._ptr["box"][i : i + 2]
+        a = self._arrays
+        return a["box"](b0, b1), self.box_classes[a["class"](b0, b1)], a["velocity"](b0, b1), a["num_points"](b0, b1)
+
+    def pose(self, i: int) -> np.ndarray:
+        """(4, 4) global_from_points of frame i."""
+        return self._poses[i]
+
     def voxel_range(self, i: int) -> tuple[int, int]:
         """Rows [v0, v1) of frame i in the store's flat voxel arrays."""
         return int(self._ptr["voxel"][i]), int(self._ptr["voxel"][i + 1])

@@ -1,0 +1,1 @@
+"""Evaluation: predictions in official benchmark formats, scored with the official tools."""
