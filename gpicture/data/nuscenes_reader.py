@@ -30,6 +30,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from gpicture.data.frame import RawFrame
+from gpicture.geometry import quat_mul
 
 LIDAR = "LIDAR_TOP"
 MIN_DISTANCE = 1.0  # from_file_multisweep's default min_distance (m)
@@ -174,14 +175,6 @@ def _lidarseg_labels(nusc: NuScenes, sd_token: str, n_points: int) -> np.ndarray
 # ---------------------------------------------------------------------------------------
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (..., 4) w, x, y, z quaternions."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
 
 
 def _quat_inv(q: np.ndarray) -> np.ndarray:
@@ -195,7 +188,7 @@ def _boxes(nusc: NuScenes, sample: dict, lidar_from_global: np.ndarray, q_lidar_
     size = np.array([a["size"] for a in anns], dtype=np.float64).reshape(m, 3)  # w, l, h
     rot = np.array([a["rotation"] for a in anns], dtype=np.float64).reshape(m, 4)
     centre = centre @ lidar_from_global[:3, :3].T + lidar_from_global[:3, 3]
-    q = _quat_mul(q_lidar_from_global, rot)
+    q = quat_mul(q_lidar_from_global, rot)
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     yaw = np.arctan2(2 * (q[:, 0] * q[:, 3] - q[:, 1] * q[:, 2]), 1 - 2 * (q[:, 2] ** 2 + q[:, 3] ** 2))
     vel = np.array([nusc.box_velocity(a["token"]) for a in anns], dtype=np.float64).reshape(m, 3)
@@ -291,7 +284,7 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
 
     global_from_lidar = _matrix(ref_pose, inverse=False) @ _matrix(ref_cs, inverse=False)
     lidar_from_global = ref_from_car @ car_from_global
-    q_lidar_from_global = _quat_mul(_quat_inv(np.asarray(ref_cs["rotation"], dtype=np.float64)),
+    q_lidar_from_global = quat_mul(_quat_inv(np.asarray(ref_cs["rotation"], dtype=np.float64)),
                                     _quat_inv(np.asarray(ref_pose["rotation"], dtype=np.float64)))
 
     occ_path = occupancy_path(nusc, sample)

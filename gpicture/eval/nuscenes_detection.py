@@ -33,6 +33,8 @@ import numpy as np
 from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
 from pyquaternion import Quaternion
 
+from gpicture.geometry import quat_mul
+
 DETECTION_CLASSES: tuple[str, ...] = tuple(DETECTION_NAMES)
 # car, truck, bus, trailer, construction_vehicle, pedestrian, motorcycle, bicycle, traffic_cone, barrier
 
@@ -74,14 +76,6 @@ def default_attribute(detection_name: str, speed: float) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (..., 4) w, x, y, z quaternions."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
 
 
 def _pose_quaternion(pose: np.ndarray, token: str) -> np.ndarray:
@@ -149,7 +143,7 @@ def _frame_results(frame: dict, max_boxes: int | None) -> tuple[str, list[dict]]
     vel_g = (np.concatenate([vel, np.zeros((k, 1))], axis=1) @ rot.T)[:, :2]
     half = boxes[:, 6] / 2.0
     q_yaw = np.stack([np.cos(half), np.zeros(k), np.zeros(k), np.sin(half)], axis=-1)
-    q = _quat_mul(np.broadcast_to(_pose_quaternion(pose, token), (k, 4)), q_yaw)
+    q = quat_mul(np.broadcast_to(_pose_quaternion(pose, token), (k, 4)), q_yaw)
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
     q[q[:, 0] < 0] *= -1.0
     size = boxes[:, [4, 3, 5]]
