@@ -72,7 +72,7 @@ def focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float =
 def _gather(feat: Tensor, index: Tensor) -> Tensor:
     """(B, C, ny, nx) at flat cells (B, K) -> (B, K, C)."""
     b, c = feat.shape[:2]
-    return feat.view(b, c, -1).gather(2, index[:, None, :].expand(b, c, index.shape[1])).transpose(1, 2)
+    return feat.reshape(b, c, -1).gather(2, index[:, None, :].expand(b, c, index.shape[1])).transpose(1, 2)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class CenterPoint(nn.Module):
             peak = prob == F.max_pool2d(prob, 3, stride=1, padding=1)
             prob = prob * peak
             c = len(names)
-            scores, flat = prob.view(b, -1).topk(min(top_k, c * ny * nx))
+            scores, flat = prob.reshape(b, -1).topk(min(top_k, c * ny * nx))
             cls = torch.div(flat, ny * nx, rounding_mode="floor")
             cell = flat % (ny * nx)
             r = _gather(reg, cell)  # (B, K, 10)

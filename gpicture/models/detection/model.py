@@ -1,0 +1,52 @@
+"""The detector: the student backbone, its BEV map, and the CenterPoint head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpicture.models.detection.centerpoint import CenterPoint, Detections
+from gpicture.models.detection.targets import BEVGrid
+from gpicture.models.student import Student
+from gpicture.training.detection_data import DetectionBatch
+
+
+class Detector(nn.Module):
+    def __init__(self, student: Student, tasks: list[list[str]]) -> None:
+        super().__init__()
+        self.student = student
+        cfg = student.cfg
+        nx, ny = cfg.dsvt.sparse_shape[0], cfg.dsvt.sparse_shape[1]
+        pcr = cfg.point_cloud_range
+        grid = BEVGrid(pcr, ((pcr[3] - pcr[0]) / nx, (pcr[4] - pcr[1]) / ny))
+        self.head = CenterPoint(student.bev_channels, tasks, grid)
+
+    def forward(self, batch: DetectionBatch):  # noqa: ANN201
+        out = self.student(batch.points, batch.features, batch.point_voxel, batch.voxel_coords)
+        return self.head(self.student.bev(out, batch.batch_size))
+
+    def loss(self, batch: DetectionBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.head.loss(self(batch), batch.boxes, batch.labels, batch.velocity)
+
+    @torch.no_grad()
+    def detect(self, batch: DetectionBatch, score_threshold: float = 0.1) -> list[Detections]:
+        return self.head.decode(self(batch), score_threshold=score_threshold)
+
+    def load_pretrained(self, path: Path) -> dict[str, list[str]]:
+        """Load a pre-trained student (``student.pt``); returns the loaded, missing and
+        unexpected keys (a layout that loads nothing is refused)."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != "gpicture-student":
+            raise ValueError(f"{path}: not a gpicture pre-trained student (student.pt)")
+        own = self.student.state_dict()
+        weights = state["student"]
+        loaded = [k for k in weights if k in own and own[k].shape == weights[k].shape]
+        mismatched = [k for k in weights if k in own and own[k].shape != weights[k].shape]
+        if not loaded or mismatched:
+            raise ValueError(f"{path}: does not fit this student: {len(mismatched)} mismatched keys "
+                             f"({', '.join(mismatched[:5])}), {len(loaded)} loadable")
+        self.student.load_state_dict({k: weights[k] for k in loaded}, strict=False)
+        return {"loaded": loaded, "missing": sorted(set(own) - set(loaded)),
+                "unexpected": sorted(set(weights) - set(own))}

@@ -1,0 +1,107 @@
+"""Detection batches: a voxel store's frames with their boxes as class indices,
+augmented (training) and voxelized on the store's canonical grid afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from gpicture.data.store import VoxelStore
+from gpicture.data.voxelize import VoxelGrid
+from gpicture.training.augment import AugmentConfig, augment
+
+WAYMO_CLASSES = ("TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST")
+# CenterPoint's class groups (one heatmap head each)
+NUSCENES_TASKS = [["car"], ["truck", "construction_vehicle"], ["bus", "trailer"], ["barrier"],
+                  ["motorcycle", "bicycle"], ["pedestrian", "traffic_cone"]]
+WAYMO_TASKS = [list(WAYMO_CLASSES)]
+
+
+def detection_classes(dataset: str) -> tuple[list[list[str]], dict[str, str]]:
+    """(tasks, raw category -> detection class) of a dataset."""
+    if dataset == "nuscenes":
+        from gpicture.eval.nuscenes_detection import category_to_detection
+        from gpicture.synth.taxonomy import NUSCENES_CATEGORIES
+
+        mapping = {c: d for c in NUSCENES_CATEGORIES if (d := category_to_detection(c)) is not None}
+        return NUSCENES_TASKS, mapping
+    return WAYMO_TASKS, {c: c for c in WAYMO_CLASSES}
+
+
+@dataclass
+class DetectionBatch:
+    points: Tensor  # (N, 3) float32
+    features: Tensor  # (N, C)
+    point_voxel: Tensor  # (N,) int64
+    voxel_coords: Tensor  # (V, 4) int32 b, z, y, x
+    boxes: list[Tensor]  # B x (M, 7)
+    labels: list[Tensor]  # B x (M,) index into the flat class list
+    velocity: list[Tensor]  # B x (M, 2)
+    frame_index: Tensor  # (B,)
+    batch_size: int
+
+    def to(self, device: torch.device | str) -> DetectionBatch:
+        mv = lambda v: v.to(device) if isinstance(v, Tensor) else [t.to(device) for t in v] if isinstance(v, list) else v  # noqa: E731
+        return DetectionBatch(**{k: mv(v) for k, v in self.__dict__.items()})
+
+
+class DetectionDataset(Dataset):
+    """Frames of a store with boxes mapped to class indices (boxes with no class or no point dropped)."""
+
+    def __init__(self, store: str | Path, feature_names: list[str], class_names: list[str], class_map: dict[str, str],
+                 frames: list[int] | None = None, augment_cfg: AugmentConfig | None = None, seed: int = 0) -> None:
+        self.path = Path(store)
+        src = VoxelStore.open(self.path)
+        self.attrs = src.attrs
+        self.grid = VoxelGrid(tuple(src.attrs["point_cloud_range"]), tuple(src.attrs["voxel_size"]))
+        self.frames = list(range(len(src))) if frames is None else list(frames)
+        self.feature_names, self.class_names = list(feature_names), list(class_names)
+        self.class_map = class_map
+        self.augment_cfg, self.seed = augment_cfg, seed
+        self.epoch = 0
+        self._store: VoxelStore | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._store is None:
+            self._store = VoxelStore.open(self.path)
+        k = self.frames[i]
+        fr = self._store[k]
+        index = {n: j for j, n in enumerate(self.class_names)}
+        det = np.array([index.get(self.class_map.get(n, ""), -1) for n in fr.box_names], dtype=np.int64)
+        keep = (det >= 0) & (fr.box_num_points > 0)
+        pts, boxes, vel = fr.points, fr.boxes[keep], np.nan_to_num(fr.box_velocity[keep])
+        if self.augment_cfg is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, k])
+            pts, boxes, vel = augment(pts, boxes, vel, self.augment_cfg, rng)
+        coords, pv = self.grid.voxelize(pts)
+        feats = np.stack([fr.features[n] for n in self.feature_names], 1).astype(np.float32)
+        return {"points": pts, "features": feats, "coords": coords, "point_voxel": pv, "boxes": boxes,
+                "labels": det[keep], "velocity": vel, "index": k}
+
+
+def collate_detection(items: list[dict]) -> DetectionBatch:
+    n_vox = [len(it["coords"]) for it in items]
+    off = np.concatenate([[0], np.cumsum(n_vox)[:-1]])
+    pv = np.concatenate([np.where(it["point_voxel"] >= 0, it["point_voxel"].astype(np.int64) + o, -1)
+                         for it, o in zip(items, off, strict=True)])
+    coords = np.concatenate([np.column_stack([np.full(len(it["coords"]), b, np.int32), it["coords"]])
+                             for b, it in enumerate(items)])
+    return DetectionBatch(
+        points=torch.from_numpy(np.concatenate([it["points"] for it in items]).astype(np.float32)),
+        features=torch.from_numpy(np.concatenate([it["features"] for it in items])),
+        point_voxel=torch.from_numpy(pv), voxel_coords=torch.from_numpy(coords.astype(np.int32)),
+        boxes=[torch.from_numpy(it["boxes"].astype(np.float32)) for it in items],
+        labels=[torch.from_numpy(it["labels"]) for it in items],
+        velocity=[torch.from_numpy(it["velocity"].astype(np.float32)) for it in items],
+        frame_index=torch.tensor([it["index"] for it in items]), batch_size=len(items))
