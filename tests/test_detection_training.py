@@ -59,3 +59,26 @@ def test_detector_trains_and_loads_a_pretrained_student(store, tmp_path) -> None
     det.eval()
     out = det.detect(batch, score_threshold=0.0)
     assert len(out) == 2 and out[0].boxes.shape[1] == 7
+
+
+def test_finetune_run_and_nuscenes_scoring(store, tmp_path) -> None:
+    from gpicture.eval.nuscenes_detection import evaluate_submission, lidar_boxes_to_submission, write_submission
+    from gpicture.training.engine import DistInfo, TrainConfig
+    from gpicture.training.finetune_detection import label_subset, load_detector, predict, run_detection_finetune
+
+    assert label_subset(8, 0.5, 0) == sorted(label_subset(8, 0.5, 0)) and len(label_subset(8, 0.5, 0)) == 4
+    with pytest.raises(ValueError, match="label-fraction"):
+        label_subset(8, 0.0, 0)
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=2e-3, weight_decay=0.01)
+    run_detection_finetune("nuscenes", PROFILE, store, tmp_path / "ft", cfg, DistInfo(), label_fraction=0.5, progress=False)
+    assert (tmp_path / "ft" / "detector.pt").exists() and (tmp_path / "ft" / "init_report.json").exists()
+    from gpicture.data.store import VoxelStore
+
+    det = load_detector(tmp_path / "ft" / "detector.pt", VoxelStore.open(store).attrs)
+    preds = predict(det, store, score_threshold=0.05)
+    assert len(preds) == len(VoxelStore.open(store))
+    sub = lidar_boxes_to_submission(preds)
+    write_submission(sub, tmp_path / "sub.json")
+    root = Path(VoxelStore.open(store).attrs["source_root"])
+    metrics = evaluate_submission(root, "v1.0-mini", "mini_val", tmp_path / "sub.json", tmp_path / "eval")
+    assert 0.0 <= metrics["mAP"] <= 1.0 and set(metrics["per_class_AP"]) >= {"car", "pedestrian"}
