@@ -156,3 +156,15 @@ def test_cka_alpha_from_students(data, tmp_path) -> None:
                                  "--store", str(data[0]), "--out", str(tmp_path / "alpha.yaml"), "--frames", "1"])
     assert r.exit_code == 0, r.output
     assert len(yaml.safe_load((tmp_path / "alpha.yaml").read_text())["alpha"]) == 8
+
+
+def test_checkpoint_of_another_run_is_not_resumed(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    _run(data, out, epochs=1)
+    first = torch.load(out / "checkpoint.pt", weights_only=False)
+    # A changed parameter (other I2Mask ratios) must not resume the finished run: it trains afresh.
+    run_pretrain(PROFILE, data[0], data[1], out, _train_cfg(1), ALPHA, MaskConfig(base_mask_ratio=(0.8, 0.4, 0.0)),
+                 DGPLConfig(probe_frames=2), DistInfo(), true_points=32, progress=False)
+    second = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert second["run_key"] != first["run_key"]
+    assert not torch.equal(second["model"]["mask_token"], first["model"]["mask_token"])

@@ -103,11 +103,14 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step_fn: StepFn, cfg: TrainConfig,
         out_dir: Path, dist: DistInfo, hooks: Hooks | None = None, resume: bool = True,
-        stop_after_epochs: int | None = None, progress: bool = True) -> dict[str, float]:
+        stop_after_epochs: int | None = None, progress: bool = True, run_key: str = "") -> dict[str, float]:
     """Train ``model`` for ``cfg.epochs`` epochs (resuming from ``out_dir/checkpoint.pt``).
 
     ``step_fn`` returns the loss to back-propagate and scalars to log. Returns the
     last epoch's mean metrics. ``stop_after_epochs`` ends this run early (tests of resume).
+    ``run_key`` identifies everything that defines the run (data, model, settings): a
+    checkpoint written under another key (say, before `dvc exp run -S ...` changed a
+    parameter) is never resumed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +129,12 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch = 0
     ckpt_path = out_dir / CHECKPOINT
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
+    state = torch.load(ckpt_path, map_location=dist.device, weights_only=False) if resume and ckpt_path.exists() else None
+    if state is not None and (state.get("run_key") != run_key or state.get("config") != asdict(cfg)):
+        if dist.is_main:
+            log.warning("%s was written for another run (data, model or settings differ): starting afresh", ckpt_path)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -177,7 +184,7 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
             tdist.barrier()
         if dist.is_main:
             _save_atomic({"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg),
+                          "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg), "run_key": run_key,
                           "hooks": hooks.state_dict() if hooks is not None else None}, ckpt_path)
             for k, v in last.items():
                 live.log_metric(k, v)

@@ -19,6 +19,7 @@ from gpicture.models.detection.model import Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.training.augment import AugmentConfig
 from gpicture.training.detection_data import DetectionDataset, collate_detection, detection_classes
+from gpicture.teacher.checkpoint import file_sha256 as file_digest
 from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit
 
 
@@ -74,7 +75,13 @@ def run_detection_finetune(dataset: str, model_params: dict[str, Any], store: Pa
         (out_dir / "init_report.json").write_text(json.dumps(
             {"init": str(init) if init else "scratch", "label_fraction": label_fraction, "frames": len(frames),
              "loaded": len(report["loaded"]), "missing": report["missing"], "unexpected": report["unexpected"]}, indent=1))
-    metrics = fit(det, ds, collate_detection, _step, train, out_dir, dist, hooks=_EpochAugment(ds), progress=progress)
+    from gpicture.training.pretrain import run_key
+
+    key = run_key(dataset=dataset, model_params=model_params, store=VoxelStore.open(store).fingerprint,
+                  init=None if init is None else file_digest(init), label_fraction=label_fraction,
+                  augment=None if augment_cfg is None else str(augment_cfg))
+    metrics = fit(det, ds, collate_detection, _step, train, out_dir, dist, hooks=_EpochAugment(ds), progress=progress,
+                  run_key=key)
     if dist.is_main:
         torch.save({"format": "gpicture-detector", "dataset": dataset, "tasks": tasks, "model_params": model_params,
                     "state": det.state_dict()}, out_dir / "detector.pt")

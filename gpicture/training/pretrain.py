@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from gpicture.data.store import VoxelStore
 from gpicture.models.dgpl import DifferentialGate
 from gpicture.models.i2mask import i2mask_batch
 from gpicture.models.pretrain import GPicturePretrainer, ReconstructionConfig
 from gpicture.models.student import Student, StudentConfig
 from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit
+from gpicture.teacher.cache import TeacherStore
 from gpicture.training.pretrain_data import PretrainBatch, PretrainDataset, collate_pretrain
 
 
@@ -121,11 +124,19 @@ def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_d
     probe = collate([dataset[i] for i in range(min(dgpl.probe_frames, len(dataset)))])
     hooks = DGPLHooks(dgpl, probe, dist.device)
     step = functools.partial(_step, mask_cfg=mask, seed=train.seed)
+    key = run_key(model_params=model_params, alpha=list(alpha), mask=asdict(mask), dgpl=asdict(dgpl),
+                  true_points=true_points, pred_points=pred_points, decoder_blocks=decoder_blocks,
+                  store=VoxelStore.open(store).fingerprint, teacher=TeacherStore.open(teacher).settings)
     metrics = fit(model, dataset, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
-                  stop_after_epochs=stop_after_epochs, progress=progress)
+                  stop_after_epochs=stop_after_epochs, progress=progress, run_key=key)
     if dist.is_main and (stop_after_epochs is None or _finished(out_dir, train.epochs)):
         save_student(model.student, model_params, attrs, out_dir / "student.pt")
     return metrics
+
+
+def run_key(**parts: Any) -> str:
+    """A digest of everything that defines a training run (checkpoints resume only under it)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _finished(out_dir: Path, epochs: int) -> bool:
