@@ -59,6 +59,20 @@ def _record_length(path: Path, index: int, offset: int, header: bytes) -> int:
     return length
 
 
+def _read_data(f, length: int, where: str) -> bytes:  # noqa: ANN001
+    """A record's data and footer at the file position, checking the data CRC."""
+    data = f.read(length)
+    if len(data) < length:
+        raise TFRecordError(f"{where}: truncated data ({len(data)} of {length} bytes)")
+    footer = f.read(_FOOTER)
+    if len(footer) < _FOOTER:
+        raise TFRecordError(f"{where}: truncated data CRC")
+    (data_crc,) = _CRC.unpack(footer)
+    if masked_crc32c(data) != data_crc:
+        raise TFRecordError(f"{where}: data CRC mismatch")
+    return data
+
+
 def write_records(path: Path, records: Iterable[bytes]) -> None:
     """Write ``records`` as a TFRecord file at ``path``, atomically.
 
@@ -101,19 +115,7 @@ def iter_records(path: Path) -> Iterator[bytes]:
             if not header:
                 return
             length = _record_length(path, index, offset, header)
-            data = f.read(length)
-            if len(data) < length:
-                raise TFRecordError(
-                    f"{path}: record {index} at byte {offset}: truncated data "
-                    f"({len(data)} of {length} bytes)"
-                )
-            footer = f.read(_FOOTER)
-            if len(footer) < _FOOTER:
-                raise TFRecordError(f"{path}: record {index} at byte {offset}: truncated data CRC")
-            (data_crc,) = _CRC.unpack(footer)
-            if masked_crc32c(data) != data_crc:
-                raise TFRecordError(f"{path}: record {index} at byte {offset}: data CRC mismatch")
-            yield data
+            yield _read_data(f, length, f"{path}: record {index} at byte {offset}")
             index += 1
             offset += _HEADER + length + _FOOTER
 
@@ -169,13 +171,4 @@ def read_record(path: Path, offset: int, index: int | None = None) -> bytes:
         (length_crc,) = _CRC.unpack_from(header, 8)
         if masked_crc32c(header[:8]) != length_crc:
             raise TFRecordError(f"{where}: length CRC mismatch")
-        data = f.read(length)
-        if len(data) < length:
-            raise TFRecordError(f"{where}: truncated data ({len(data)} of {length} bytes)")
-        footer = f.read(_FOOTER)
-        if len(footer) < _FOOTER:
-            raise TFRecordError(f"{where}: truncated data CRC")
-        (data_crc,) = _CRC.unpack(footer)
-        if masked_crc32c(data) != data_crc:
-            raise TFRecordError(f"{where}: data CRC mismatch")
-    return data
+        return _read_data(f, length, where)
