@@ -29,3 +29,21 @@ def load_section(path: Path, *keys: str) -> dict[str, Any]:
     if not isinstance(node, dict):
         raise ParamsError(f"{path}: section '{'.'.join(keys)}' is not a mapping")
     return node
+
+
+def with_profile(section: dict[str, Any], profile: str, dataset: str) -> dict[str, Any]:
+    """``section`` with the overrides of ``section.profiles.<profile>.<dataset>`` applied
+    (``model.profile: full`` switches every stage to the paper's settings in one step)."""
+    merged = {k: v for k, v in section.items() if k != "profiles"}
+    merged.update((section.get("profiles") or {}).get(profile, {}).get(dataset, {}) or {})
+    return merged
+
+
+def model_profile(params: Path, dataset: str) -> tuple[str, dict[str, Any]]:
+    """(name, settings) of the model profile ``model.profile`` selects for ``dataset``."""
+    sec = load_section(params, "model")
+    name = str(sec.get("profile", "small"))
+    try:
+        return name, dict(sec["profiles"][name][dataset])
+    except (KeyError, TypeError):
+        raise ParamsError(f"{params}: no model profile '{name}' for {dataset}") from None

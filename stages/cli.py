@@ -11,6 +11,8 @@ import typer
 from stages.cka import cka
 from stages.convert import convert, merge
 from stages.doctor import doctor
+from stages.evaluate import evaluate
+from stages.finetune import finetune
 from stages.pretrain import pretrain
 from stages.synth import synth
 from stages.teacher import teacher
@@ -35,6 +37,8 @@ app.command("merge")(merge)
 app.command("teacher")(teacher)
 app.command("pretrain")(pretrain)
 app.command("cka")(cka)
+app.command("finetune")(finetune)
+app.command("evaluate")(evaluate)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

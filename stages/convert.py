@@ -34,9 +34,9 @@ def convert(
     split: str = typer.Option(..., help="Split: a pipeline name from params (train, val) or the dataset's own "
                                         "(mini_train, val, training, validation, ...)."),
     out: Path = typer.Option(..., help="Store to write (<dataset>/<split>.zarr)."),
-    root: Path | None = typer.Option(None, help="Raw data root [params: convert.<dataset>.root]."),
+    root: Path | None = typer.Option(None, help="Raw data root (params: convert.<dataset>.root)."),
     sweeps: int | None = typer.Option(None, help="nuScenes LIDAR_TOP sweeps per frame, keyframe included."),
-    workers: int | None = typer.Option(None, help="Parallel reader processes [params: convert.workers]."),
+    workers: int | None = typer.Option(None, help="Parallel reader processes (params: convert.workers)."),
     shard: str = typer.Option("0/1", help="Convert only block i of n (i/n); join the shards with `gpicture merge`."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),

@@ -20,11 +20,11 @@ class Dataset(str, Enum):
 
 def synth(
     dataset: Dataset = typer.Argument(..., help="Which dataset format to write."),
-    out: Path | None = typer.Option(None, help="Output folder [params: synth.<dataset>.out]."),
+    out: Path | None = typer.Option(None, help="Output folder (params: synth.<dataset>.out)."),
     scenes: int | None = typer.Option(None, help="Scenes (nuScenes) / segments (Waymo)."),
     frames: int | None = typer.Option(None, help="Keyframes per scene (nuScenes, 2 Hz) / frames per segment (Waymo, 10 Hz)."),
-    seed: int | None = typer.Option(None, help="Random seed [params: synth.seed]."),
-    workers: int | None = typer.Option(None, help="Parallel processes [params: synth.workers]."),
+    seed: int | None = typer.Option(None, help="Random seed (params: synth.seed)."),
+    workers: int | None = typer.Option(None, help="Parallel processes (params: synth.workers)."),
     density: float | None = typer.Option(None, help="Traffic density (1.0: busy city street)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),

@@ -18,9 +18,9 @@ from gpicture.teacher.cache import TeacherConfig, build_teacher_store
 def teacher(
     store: Path = typer.Option(..., help="The voxel store to compute features for."),
     out: Path = typer.Option(..., help="The teacher store to write."),
-    checkpoint: Path | None = typer.Option(None, help="Seal / SLidR Res16UNet34C checkpoint [params: teacher.checkpoint]; "
+    checkpoint: Path | None = typer.Option(None, help="Seal / SLidR Res16UNet34C checkpoint (params: teacher.checkpoint); "
                                                       "none: a seeded random teacher."),
-    dtype: str | None = typer.Option(None, help="float16 or int8 [params: teacher.dtype]."),
+    dtype: str | None = typer.Option(None, help="float16 or int8 (params: teacher.dtype)."),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing teacher store."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),

@@ -71,10 +71,10 @@ def test_finetune_run_and_nuscenes_scoring(store, tmp_path) -> None:
         label_subset(8, 0.0, 0)
     cfg = TrainConfig(epochs=1, batch_size=2, lr=2e-3, weight_decay=0.01)
     run_detection_finetune("nuscenes", PROFILE, store, tmp_path / "ft", cfg, DistInfo(), label_fraction=0.5, progress=False)
-    assert (tmp_path / "ft" / "detector.pt").exists() and (tmp_path / "ft" / "init_report.json").exists()
+    assert (tmp_path / "ft" / "model.pt").exists() and (tmp_path / "ft" / "init_report.json").exists()
     from gpicture.data.store import VoxelStore
 
-    det = load_detector(tmp_path / "ft" / "detector.pt", VoxelStore.open(store).attrs)
+    det = load_detector(tmp_path / "ft" / "model.pt", VoxelStore.open(store).attrs)
     preds = predict(det, store, score_threshold=0.05)
     assert len(preds) == len(VoxelStore.open(store))
     sub = lidar_boxes_to_submission(preds)

@@ -238,6 +238,11 @@ class VoxelStore:
         a = self._arrays
         return a["box"](b0, b1), self.box_classes[a["class"](b0, b1)], a["velocity"](b0, b1), a["num_points"](b0, b1)
 
+    def box_difficulty(self, i: int) -> np.ndarray:
+        """(M,) int8 labelled detection difficulty of frame i's boxes (0 unknown, 1, 2)."""
+        b0, b1 = self._ptr["box"][i : i + 2]
+        return self._arrays["difficulty"](b0, b1)
+
     def pose(self, i: int) -> np.ndarray:
         """(4, 4) global_from_points of frame i."""
         return self._poses[i]

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import numpy as np
 from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
 from pyquaternion import Quaternion
 
+from gpicture.atomic import write_file_atomic
 from gpicture.geometry import quat_mul
 
 DETECTION_CLASSES: tuple[str, ...] = tuple(DETECTION_NAMES)
@@ -187,7 +186,7 @@ def lidar_boxes_to_submission(frames: Sequence[dict], meta: dict | None = None, 
     return {"meta": {**DEFAULT_META, **(meta or {})}, "results": results}
 
 
-def _store_boxes(store, i: int):  # noqa: ANN001, ANN202
+def _store_boxes(store, i: int):
     """(frame_id, pose, boxes, names, velocity, num_points) of frame i without reading its points."""
     return (store.frame_ids[i], store.pose(i), *store.frame_boxes(i))
 
@@ -212,20 +211,8 @@ def store_ground_truth_frames(store) -> list[dict]:
 
 
 def write_submission(sub: dict, path: Path) -> None:
-    """Write ``sub`` as strict JSON (no NaN), atomically: a temporary file in the same folder
-    renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(sub, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``sub`` as strict JSON (no NaN), atomically."""
+    write_file_atomic(path, json.dumps(sub, allow_nan=False))
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,14 +298,7 @@ def check_submission(path: Path, sample_tokens: set[str], max_boxes_per_sample: 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, json.dumps(obj, indent=2))
 
 
 def evaluate_submission(nusc_root: Path, version: str, eval_set: str, submission: Path, out_dir: Path, *,

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.training.augment import AugmentConfig, augment
+from gpicture.training.gt_sampling import GTDatabase, GTSamplingConfig, paste
 
 WAYMO_CLASSES = ("TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST")
 # CenterPoint's class groups (one heatmap head each)
@@ -51,10 +52,16 @@ class DetectionBatch:
 
 
 class DetectionDataset(Dataset):
-    """Frames of a store with boxes mapped to class indices (boxes with no class or no point dropped)."""
+    """Frames of a store with boxes mapped to class indices (boxes with no class or no point dropped).
+
+    With ``augment_cfg`` (training) and ``gt_sampling``, objects of a database built from this
+    dataset's ``frames`` (the labelled ones) are pasted into each frame before the global
+    augmentation (``gpicture.training.gt_sampling``).
+    """
 
     def __init__(self, store: str | Path, feature_names: list[str], class_names: list[str], class_map: dict[str, str],
-                 frames: list[int] | None = None, augment_cfg: AugmentConfig | None = None, seed: int = 0) -> None:
+                 frames: list[int] | None = None, augment_cfg: AugmentConfig | None = None, seed: int = 0,
+                 gt_sampling: GTSamplingConfig | None = None) -> None:
         self.path = Path(store)
         src = VoxelStore.open(self.path)
         self.attrs = src.attrs
@@ -64,9 +71,27 @@ class DetectionDataset(Dataset):
         self.class_map = class_map
         self.augment_cfg, self.seed = augment_cfg, seed
         self.epoch = 0
+        if gt_sampling is not None and (unknown := sorted(set(gt_sampling.sample_groups) - set(self.class_names))):
+            raise ValueError(f"gt sampling: unknown classes {unknown} (classes: {self.class_names})")
+        self.gt_sampling = gt_sampling
         self._store: VoxelStore | None = None
+        self._gt_db: GTDatabase | None = None
+
+    @property
+    def gt_database(self) -> GTDatabase | None:
+        """The ground-truth database of this dataset's frames, built on first use; None unless
+        GT sampling is on (``gt_sampling`` given and training augmentation on). Touch it in the
+        main process before forking DataLoader workers so that they share one copy."""
+        if self.gt_sampling is None or self.augment_cfg is None:
+            return None
+        if self._gt_db is None:
+            wanted = [c for c, n in self.gt_sampling.sample_groups.items() if n > 0]
+            self._gt_db = GTDatabase.build(self.path, self.frames, self.class_names, self.class_map,
+                                           self.feature_names, min_points=self.gt_sampling.min_points, classes=wanted)
+        return self._gt_db
 
     def __getstate__(self) -> dict:
+        _ = self.gt_database  # built once here, so that pickled copies (spawned workers) receive it
         return {**self.__dict__, "_store": None}
 
     def __len__(self) -> int:
@@ -80,14 +105,17 @@ class DetectionDataset(Dataset):
         index = {n: j for j, n in enumerate(self.class_names)}
         det = np.array([index.get(self.class_map.get(n, ""), -1) for n in fr.box_names], dtype=np.int64)
         keep = (det >= 0) & (fr.box_num_points > 0)
-        pts, boxes, vel = fr.points, fr.boxes[keep], np.nan_to_num(fr.box_velocity[keep])
+        pts, boxes, vel, labels = fr.points, fr.boxes[keep], np.nan_to_num(fr.box_velocity[keep]), det[keep]
+        feats = np.stack([fr.features[n] for n in self.feature_names], 1).astype(np.float32)
         if self.augment_cfg is not None:
+            if (db := self.gt_database) is not None:  # its own stream: augment draws as without it
+                paste_rng = np.random.default_rng([self.seed, self.epoch, k, 1])
+                pts, feats, boxes, labels, vel = paste(pts, feats, boxes, labels, vel, db, self.gt_sampling, paste_rng)
             rng = np.random.default_rng([self.seed, self.epoch, k])
             pts, boxes, vel = augment(pts, boxes, vel, self.augment_cfg, rng)
         coords, pv = self.grid.voxelize(pts)
-        feats = np.stack([fr.features[n] for n in self.feature_names], 1).astype(np.float32)
         return {"points": pts, "features": feats, "coords": coords, "point_voxel": pv, "boxes": boxes,
-                "labels": det[keep], "velocity": vel, "index": k}
+                "labels": labels, "velocity": vel, "index": k}
 
 
 def collate_detection(items: list[dict]) -> DetectionBatch:

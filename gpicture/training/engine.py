@@ -43,6 +43,16 @@ class TrainConfig:
     num_workers: int = 0
     amp: bool = True  # only takes effect on CUDA
 
+    @classmethod
+    def from_params(cls, sec: dict[str, Any], epochs: int | None = None) -> TrainConfig:
+        """From a params section (``epochs`` overrides its value)."""
+        return cls(
+            epochs=int(epochs if epochs is not None else sec["epochs"]), batch_size=int(sec["batch_size"]),
+            lr=float(sec["lr"]), weight_decay=float(sec["weight_decay"]), moms=tuple(float(m) for m in sec["moms"]),
+            pct_start=float(sec["pct_start"]), div_factor=float(sec["div_factor"]),
+            grad_clip=float(sec["grad_clip"]), seed=int(sec.get("seed", 0)), num_workers=int(sec.get("num_workers", 0)),
+            amp=bool(sec.get("amp", True)))
+
 
 @dataclass
 class DistInfo:
@@ -95,7 +105,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
+def save_atomic(obj: dict, path: Path) -> None:
+    """``torch.save`` through a temporary file renamed into place (never a half-written file)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -183,7 +194,7 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
         if dist.world_size > 1:
             tdist.barrier()
         if dist.is_main:
-            _save_atomic({"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            save_atomic({"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg), "run_key": run_key,
                           "hooks": hooks.state_dict() if hooks is not None else None}, ckpt_path)
             for k, v in last.items():

@@ -8,6 +8,7 @@ fraction of the labelled frames, with the shared training engine.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,33 @@ from gpicture.data.store import VoxelStore
 from gpicture.models.detection.model import Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.training.augment import AugmentConfig
+from gpicture.training.gt_sampling import GTSamplingConfig
 from gpicture.training.detection_data import DetectionDataset, collate_detection, detection_classes
 from gpicture.teacher.checkpoint import file_sha256 as file_digest
-from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit
+from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit, save_atomic
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Training-time data settings of detection fine-tuning (``finetune.detection``)."""
+
+    augment: AugmentConfig | None
+    gt_sampling: GTSamplingConfig | None
+
+    @classmethod
+    def from_params(cls, sec: dict[str, Any], dataset: str) -> DetectionSettings:
+        a = sec.get("augment")
+        augment = None if not a else AugmentConfig(
+            flip_x=bool(a["flip_x"]), flip_y=bool(a["flip_y"]), rotation=tuple(float(x) for x in a["rotation"]),
+            scale=tuple(float(x) for x in a["scale"]), translation_std=float(a["translation_std"]))
+        g = sec.get("gt_sampling")
+        groups = (g or {}).get("sample_groups", {}).get(dataset)
+        gt = GTSamplingConfig.from_params({"sample_groups": groups or {}, "min_points": (g or {}).get("min_points", 5)})
+        tasks, _ = detection_classes(dataset)
+        unknown = set(gt.sample_groups if gt else ()) - {n for t in tasks for n in t}
+        if unknown:
+            raise ValueError(f"finetune.detection.gt_sampling.sample_groups.{dataset}: unknown classes {sorted(unknown)}")
+        return cls(augment, gt)
 
 
 def label_subset(n: int, fraction: float, seed: int) -> list[int]:
@@ -60,12 +85,18 @@ def _step(model: torch.nn.Module, batch, ctx: StepContext):  # noqa: ANN001, ANN
 
 def run_detection_finetune(dataset: str, model_params: dict[str, Any], store: Path, out_dir: Path, train: TrainConfig,
                            dist: DistInfo, init: Path | None = None, label_fraction: float = 1.0,
-                           augment_cfg: AugmentConfig | None = AugmentConfig(), progress: bool = True) -> dict[str, float]:
+                           augment_cfg: AugmentConfig | None = AugmentConfig(), gt_sampling: GTSamplingConfig | None = None,
+                           resume: bool = True, progress: bool = True) -> dict[str, float]:
+    """Fine-tune a detector (student + CenterPoint head) on ``label_fraction`` of the frames of
+    ``store``; writes ``model.pt``, ``init_report.json``, ``checkpoint.pt`` and dvclive logs
+    in ``out_dir`` and returns the last epoch's mean losses."""
     tasks, cmap = detection_classes(dataset)
     names = [n for t in tasks for n in t]
     n = len(VoxelStore.open(store))
     frames = label_subset(n, label_fraction, train.seed)
-    ds = DetectionDataset(store, list(model_params["point_features"]), names, cmap, frames, augment_cfg, train.seed)
+    ds = DetectionDataset(store, list(model_params["point_features"]), names, cmap, frames, augment_cfg, train.seed,
+                          gt_sampling=gt_sampling)
+    _ = ds.gt_database  # built once here, before DataLoader workers fork, so that they share it
     torch.manual_seed(train.seed)
     det = Detector(Student(StudentConfig.from_params(model_params, ds.attrs)), tasks)
     out_dir = Path(out_dir)
@@ -79,12 +110,12 @@ def run_detection_finetune(dataset: str, model_params: dict[str, Any], store: Pa
 
     key = run_key(dataset=dataset, model_params=model_params, store=VoxelStore.open(store).fingerprint,
                   init=None if init is None else file_digest(init), label_fraction=label_fraction,
-                  augment=None if augment_cfg is None else str(augment_cfg))
+                  augment=str(augment_cfg), gt_sampling=str(gt_sampling))
     metrics = fit(det, ds, collate_detection, _step, train, out_dir, dist, hooks=_EpochAugment(ds), progress=progress,
-                  run_key=key)
+                  run_key=key, resume=resume)
     if dist.is_main:
-        torch.save({"format": "gpicture-detector", "dataset": dataset, "tasks": tasks, "model_params": model_params,
-                    "state": det.state_dict()}, out_dir / "detector.pt")
+        save_atomic({"format": "gpicture-detector", "dataset": dataset, "tasks": tasks, "model_params": model_params,
+                     "state": det.state_dict()}, out_dir / "model.pt")
     return metrics
 
 

@@ -24,7 +24,7 @@ from gpicture.models.dgpl import DifferentialGate
 from gpicture.models.i2mask import i2mask_batch
 from gpicture.models.pretrain import GPicturePretrainer, ReconstructionConfig
 from gpicture.models.student import Student, StudentConfig
-from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit
+from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit, save_atomic
 from gpicture.teacher.cache import TeacherStore
 from gpicture.training.pretrain_data import PretrainBatch, PretrainDataset, collate_pretrain
 
@@ -146,10 +146,6 @@ def _finished(out_dir: Path, epochs: int) -> bool:
 
 def save_student(student: Student, model_params: dict[str, Any], store_attrs: dict[str, Any], path: Path) -> None:
     """The pre-trained backbone, with what is needed to rebuild it, written atomically."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": "gpicture-student", "student": student.state_dict(), "model_params": model_params,
-                "grid": {k: store_attrs[k] for k in ("voxel_size", "point_cloud_range", "grid_shape_zyx")},
-                "dataset": store_attrs.get("dataset")}, tmp)
-    os.replace(tmp, path)
+    save_atomic({"format": "gpicture-student", "student": student.state_dict(), "model_params": model_params,
+                 "grid": {k: store_attrs[k] for k in ("voxel_size", "point_cloud_range", "grid_shape_zyx")},
+                 "dataset": store_attrs.get("dataset")}, Path(path))

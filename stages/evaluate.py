@@ -1,0 +1,58 @@
+"""`gpicture evaluate`: score a fine-tuned model (or an external predictions file) on the val split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from gpicture.atomic import write_file_atomic
+from gpicture.params import ParamsError, load_section
+from stages.finetune import Task
+
+PREDICTION_FILE = {"nuscenes": "results_nusc.json", "waymo": "objects.bin"}  # submission JSON / metrics_pb2.Objects
+
+
+def evaluate(
+    task: Task = typer.Option(..., help="The downstream task."),
+    dataset: str = typer.Option(..., help="nuscenes or waymo."),
+    model: Path | None = typer.Option(None, help="Fine-tuned model (default: models/<task>/<dataset>/model.pt)."),
+    predictions: Path | None = typer.Option(None, help="Score this predictions file (nuScenes submission JSON, Waymo "
+                                                       "metrics_pb2.Objects) instead of running the model."),
+    store: Path | None = typer.Option(None, help="Voxel store of the split (default: data/zarr/<dataset>/val.zarr)."),
+    out: Path | None = typer.Option(None, help="Metrics JSON (default: metrics/<dataset>/<task>.json)."),
+    report_dir: Path | None = typer.Option(None, help="Folder for the model's predictions and the metric's own reports "
+                                                      "(default: predictions/<dataset>/<task>)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+) -> None:
+    """Evaluate on the val split with the dataset's official metric and write the metrics."""
+    from gpicture.eval.detection import NuScenesSource, score_predictions, write_predictions
+
+    err = Console(stderr=True)
+    store = store or Path(f"data/zarr/{dataset}/val.zarr")
+    out = out or Path(f"metrics/{dataset}/{task.value}.json")
+    try:
+        if dataset not in ("nuscenes", "waymo"):
+            raise ParamsError(f"--dataset must be nuscenes or waymo, not {dataset!r}")
+        sec = load_section(params, "evaluate", task.value)
+        source = None
+        if dataset == "nuscenes":
+            conv = load_section(params, "convert", "nuscenes")
+            source = NuScenesSource(Path(conv["root"]), str(conv["version"]), str(conv["splits"]["val"]))
+        report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
+        if predictions is None:
+            model = model or Path(f"models/{task.value}/{dataset}/model.pt")
+            predictions = report_dir / PREDICTION_FILE[dataset]
+            n = write_predictions(dataset, model, store, predictions, float(sec.get("score_threshold", 0.05)),
+                                  int(sec.get("batch_size", 2)))
+            err.print(f"wrote {predictions}: {n} boxes")
+        metrics = score_predictions(dataset, predictions, store, report_dir, source)
+    except (ParamsError, KeyError, OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    write_file_atomic(out, json.dumps(metrics, indent=1))
+    head = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
+                                                  for k, v in head.items()), soft_wrap=True)

@@ -1,0 +1,72 @@
+"""`gpicture finetune`: fine-tune the student on a downstream task (single process or torchrun DDP)."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from gpicture.params import ParamsError, load_section, model_profile, with_profile
+from gpicture.training.engine import TrainConfig, setup_distributed
+
+
+class Task(str, Enum):
+    detection = "detection"
+
+
+def resolve_init(init: str, dataset: str) -> Path | None:
+    """``pretrained`` -> models/pretrain/<dataset>/student.pt, ``scratch`` -> None, else a path."""
+    if init == "scratch":
+        return None
+    path = Path(f"models/pretrain/{dataset}/student.pt") if init == "pretrained" else Path(init)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no pre-trained student (run `gpicture pretrain --dataset {dataset}` "
+                          "or pass --init scratch)")
+    return path
+
+
+def finetune(
+    task: Task = typer.Option(..., help="The downstream task."),
+    dataset: str = typer.Option(..., help="nuscenes or waymo."),
+    init: str | None = typer.Option(None, help="pretrained, scratch, or a student.pt path (params: finetune.init)."),
+    label_fraction: float | None = typer.Option(None, help="Fraction of labelled frames (params: finetune.label_fraction)."),
+    store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/train.zarr)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: models/<task>/<dataset>)."),
+    epochs: int | None = typer.Option(None, help="Override finetune.<task>.epochs."),
+    resume: bool = typer.Option(True, help="Continue from <out>/checkpoint.pt when present."),
+    params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+) -> None:
+    """Fine-tune a pre-trained (or scratch) student with a task head on labelled frames.
+    For several processes: torchrun --nproc_per_node N $(which gpicture) finetune ..."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    err = Console(stderr=True)
+    try:
+        if dataset not in ("nuscenes", "waymo"):
+            raise ParamsError(f"--dataset must be nuscenes or waymo, not {dataset!r}")
+        profile, prof = model_profile(params, dataset)
+        common = load_section(params, "finetune")
+        sec = with_profile(load_section(params, "finetune", task.value), profile, dataset)
+        sec.setdefault("seed", common.get("seed", 0))
+        cfg = TrainConfig.from_params(sec, epochs)
+        init_path = resolve_init(str(init or common.get("init", "pretrained")), dataset)
+        fraction = float(label_fraction if label_fraction is not None else common.get("label_fraction", 1.0))
+        store = store or Path(f"data/zarr/{dataset}/train.zarr")
+        out = out or Path(f"models/{task.value}/{dataset}")
+        from gpicture.training.finetune_detection import DetectionSettings, run_detection_finetune
+
+        settings = DetectionSettings.from_params(sec, dataset)
+    except (ParamsError, KeyError, OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    dist = setup_distributed()
+    try:
+        metrics = run_detection_finetune(dataset, prof, store, out, cfg, dist, init=init_path, label_fraction=fraction,
+                                         augment_cfg=settings.augment, gt_sampling=settings.gt_sampling, resume=resume)
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if dist.is_main:
+        Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), soft_wrap=True)
