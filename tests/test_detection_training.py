@@ -64,7 +64,8 @@ def test_detector_trains_and_loads_a_pretrained_student(store, tmp_path) -> None
 def test_finetune_run_and_nuscenes_scoring(store, tmp_path) -> None:
     from gpicture.eval.nuscenes_detection import evaluate_submission, lidar_boxes_to_submission, write_submission
     from gpicture.training.engine import DistInfo, TrainConfig
-    from gpicture.training.finetune_detection import label_subset, load_detector, predict, run_detection_finetune
+    from gpicture.training.finetune_common import label_subset
+    from gpicture.training.finetune_detection import load_detector, predict, run_detection_finetune
 
     assert label_subset(8, 0.5, 0) == sorted(label_subset(8, 0.5, 0)) and len(label_subset(8, 0.5, 0)) == 4
     with pytest.raises(ValueError, match="label-fraction"):

@@ -7,7 +7,6 @@ fraction of the labelled frames, with the shared training engine.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,25 @@ from gpicture.data.store import VoxelStore
 from gpicture.models.detection.model import Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.training.augment import AugmentConfig
+from gpicture.training.detection_data import (
+    DetectionDataset,
+    collate_detection,
+    detection_classes,
+)
+from gpicture.training.engine import (
+    DistInfo,
+    StepContext,
+    TrainConfig,
+    fit,
+    save_atomic,
+)
+from gpicture.training.finetune_common import (
+    EpochHook,
+    finetune_run_key,
+    init_student,
+    label_subset,
+)
 from gpicture.training.gt_sampling import GTSamplingConfig
-from gpicture.training.detection_data import DetectionDataset, collate_detection, detection_classes
-from gpicture.teacher.checkpoint import file_sha256 as file_digest
-from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit, save_atomic
 
 
 @dataclass(frozen=True)
@@ -46,34 +60,6 @@ class DetectionSettings:
         if unknown:
             raise ValueError(f"finetune.detection.gt_sampling.sample_groups.{dataset}: unknown classes {sorted(unknown)}")
         return cls(augment, gt)
-
-
-def label_subset(n: int, fraction: float, seed: int) -> list[int]:
-    """A seeded subset of round(fraction * n) frames (at least one), in store order."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--label-fraction must be in (0, 1], got {fraction}")
-    k = max(1, round(fraction * n))
-    return sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
-
-
-class _EpochAugment:
-    """Engine hooks: tell the dataset the epoch (its augmentation is seeded by it)."""
-
-    def __init__(self, ds: DetectionDataset) -> None:
-        self.ds = ds
-
-    def epoch_start(self, epoch: int) -> dict[str, float]:
-        self.ds.epoch = epoch
-        return {}
-
-    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def _step(model: torch.nn.Module, batch, ctx: StepContext):  # noqa: ANN001, ANN202
@@ -100,18 +86,10 @@ def run_detection_finetune(dataset: str, model_params: dict[str, Any], store: Pa
     torch.manual_seed(train.seed)
     det = Detector(Student(StudentConfig.from_params(model_params, ds.attrs)), tasks)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = det.load_pretrained(init) if init is not None else {"loaded": [], "missing": "all (from scratch)", "unexpected": []}
-    if dist.is_main:
-        (out_dir / "init_report.json").write_text(json.dumps(
-            {"init": str(init) if init else "scratch", "label_fraction": label_fraction, "frames": len(frames),
-             "loaded": len(report["loaded"]), "missing": report["missing"], "unexpected": report["unexpected"]}, indent=1))
-    from gpicture.training.pretrain import run_key
-
-    key = run_key(dataset=dataset, model_params=model_params, store=VoxelStore.open(store).fingerprint,
-                  init=None if init is None else file_digest(init), label_fraction=label_fraction,
-                  augment=str(augment_cfg), gt_sampling=str(gt_sampling))
-    metrics = fit(det, ds, collate_detection, _step, train, out_dir, dist, hooks=_EpochAugment(ds), progress=progress,
+    init_student(det.student, init, out_dir, label_fraction, len(frames), write=dist.is_main)
+    key = finetune_run_key("detection", dataset, model_params, VoxelStore.open(store).fingerprint, init, label_fraction,
+                           augment=augment_cfg, gt_sampling=gt_sampling)
+    metrics = fit(det, ds, collate_detection, _step, train, out_dir, dist, hooks=EpochHook(ds), progress=progress,
                   run_key=key, resume=resume)
     if dist.is_main:
         save_atomic({"format": "gpicture-detector", "dataset": dataset, "tasks": tasks, "model_params": model_params,

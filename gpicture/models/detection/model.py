@@ -35,18 +35,8 @@ class Detector(nn.Module):
         return self.head.decode(self(batch), score_threshold=score_threshold)
 
     def load_pretrained(self, path: Path) -> dict[str, list[str]]:
-        """Load a pre-trained student (``student.pt``); returns the loaded, missing and
-        unexpected keys (a layout that loads nothing is refused)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != "gpicture-student":
-            raise ValueError(f"{path}: not a gpicture pre-trained student (student.pt)")
-        own = self.student.state_dict()
-        weights = state["student"]
-        loaded = [k for k in weights if k in own and own[k].shape == weights[k].shape]
-        mismatched = [k for k in weights if k in own and own[k].shape != weights[k].shape]
-        if not loaded or mismatched:
-            raise ValueError(f"{path}: does not fit this student: {len(mismatched)} mismatched keys "
-                             f"({', '.join(mismatched[:5])}), {len(loaded)} loadable")
-        self.student.load_state_dict({k: weights[k] for k in loaded}, strict=False)
-        return {"loaded": loaded, "missing": sorted(set(own) - set(loaded)),
-                "unexpected": sorted(set(weights) - set(own))}
+        """Load a pre-trained student (``student.pt``) into the backbone; returns the loaded,
+        missing and unexpected keys (a layout that does not fit is refused)."""
+        from gpicture.training.finetune_common import load_pretrained_student
+
+        return load_pretrained_student(self.student, path)
