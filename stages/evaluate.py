@@ -12,11 +12,10 @@ from gpicture.atomic import write_file_atomic
 from gpicture.params import ParamsError, load_section
 from stages.finetune import Task
 
-PREDICTION_FILE = {"nuscenes": "results_nusc.json", "waymo": "objects.bin"}  # submission JSON / metrics_pb2.Objects
-
 
 def evaluate(
-    task: Task = typer.Option(..., help="The downstream task."),
+    task: Task = typer.Option(  # type: ignore[valid-type]
+        ..., help="The downstream task."),
     dataset: str = typer.Option(..., help="nuscenes or waymo."),
     model: Path | None = typer.Option(None, help="Fine-tuned model (default: models/<task>/<dataset>/model.pt)."),
     predictions: Path | None = typer.Option(None, help="Score this predictions file (nuScenes submission JSON, Waymo "
@@ -28,7 +27,8 @@ def evaluate(
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Evaluate on the val split with the dataset's official metric and write the metrics."""
-    from gpicture.eval.detection import NuScenesSource, score_predictions, write_predictions
+    from gpicture.eval.detection import NuScenesSource
+    from gpicture.tasks import PREDICT, SCORE
 
     err = Console(stderr=True)
     store = store or Path(f"data/zarr/{dataset}/val.zarr")
@@ -44,11 +44,10 @@ def evaluate(
         report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
         if predictions is None:
             model = model or Path(f"models/{task.value}/{dataset}/model.pt")
-            predictions = report_dir / PREDICTION_FILE[dataset]
-            n = write_predictions(dataset, model, store, predictions, float(sec.get("score_threshold", 0.05)),
-                                  int(sec.get("batch_size", 2)))
-            err.print(f"wrote {predictions}: {n} boxes")
-        metrics = score_predictions(dataset, predictions, store, report_dir, source)
+            written = PREDICT[task.value](dataset, model, store, report_dir, sec)
+            predictions = written.path
+            err.print(f"wrote {predictions}: {written.count} {written.unit}")
+        metrics = SCORE[task.value](dataset, predictions, store, report_dir, source)
     except (ParamsError, KeyError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -10,26 +10,16 @@ import typer
 from rich.console import Console
 
 from gpicture.params import ParamsError, load_section, model_profile, with_profile
+from gpicture.tasks import FINETUNE, TASKS
 from gpicture.training.engine import TrainConfig, setup_distributed
+from gpicture.training.finetune_common import resolve_init
 
-
-class Task(str, Enum):
-    detection = "detection"
-
-
-def resolve_init(init: str, dataset: str) -> Path | None:
-    """``pretrained`` -> models/pretrain/<dataset>/student.pt, ``scratch`` -> None, else a path."""
-    if init == "scratch":
-        return None
-    path = Path(f"models/pretrain/{dataset}/student.pt") if init == "pretrained" else Path(init)
-    if not path.is_file():
-        raise ParamsError(f"{path}: no pre-trained student (run `gpicture pretrain --dataset {dataset}` "
-                          "or pass --init scratch)")
-    return path
+Task = Enum("Task", {t: t for t in TASKS}, type=str)  # the tasks gpicture.tasks implements
 
 
 def finetune(
-    task: Task = typer.Option(..., help="The downstream task."),
+    task: Task = typer.Option(  # type: ignore[valid-type]
+        ..., help="The downstream task."),
     dataset: str = typer.Option(..., help="nuscenes or waymo."),
     init: str | None = typer.Option(None, help="pretrained, scratch, or a student.pt path (params: finetune.init)."),
     label_fraction: float | None = typer.Option(None, help="Fraction of labelled frames (params: finetune.label_fraction)."),
@@ -55,16 +45,12 @@ def finetune(
         fraction = float(label_fraction if label_fraction is not None else common.get("label_fraction", 1.0))
         store = store or Path(f"data/zarr/{dataset}/train.zarr")
         out = out or Path(f"models/{task.value}/{dataset}")
-        from gpicture.training.finetune_detection import DetectionSettings, run_detection_finetune
-
-        settings = DetectionSettings.from_params(sec, dataset)
     except (ParamsError, KeyError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     dist = setup_distributed()
     try:
-        metrics = run_detection_finetune(dataset, prof, store, out, cfg, dist, init=init_path, label_fraction=fraction,
-                                         augment_cfg=settings.augment, gt_sampling=settings.gt_sampling, resume=resume)
+        metrics = FINETUNE[task.value](dataset, prof, store, out, cfg, dist, init_path, fraction, sec, resume)
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

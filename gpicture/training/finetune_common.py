@@ -26,6 +26,18 @@ def label_subset(n: int, fraction: float, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
 
 
+def resolve_init(init: str, dataset: str) -> Path | None:
+    """``pretrained`` -> models/pretrain/<dataset>/student.pt, ``scratch`` -> None, else a path
+    (ValueError when the student file is missing)."""
+    if init == "scratch":
+        return None
+    path = Path(f"models/pretrain/{dataset}/student.pt") if init == "pretrained" else Path(init)
+    if not path.is_file():
+        raise ValueError(f"{path}: no pre-trained student (run `gpicture pretrain --dataset {dataset}` "
+                         "or pass --init scratch)")
+    return path
+
+
 def load_pretrained_student(student: Student, path: Path) -> dict[str, list[str]]:
     """Load a pre-trained student (``student.pt``) into ``student``; returns the loaded, missing
     and unexpected keys. A file that is no student, or whose weights do not fit (mismatched

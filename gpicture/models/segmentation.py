@@ -1,0 +1,165 @@
+"""3D semantic segmentation on the student: per-point logits through an spconv decoder.
+
+The DSVT's first-stage activations (full input resolution) and its last-stage features
+(pooled along z, broadcast back to the input voxels) are fused per input voxel, refined by
+two submanifold sparse convolutions on the canonical grid (spconv), and gathered back to
+the points, where they are concatenated with a small per-point encoding (position in the
+point-cloud range, offset to the voxel centre, the point features) and classified. Points
+outside the range have no voxel: their voxel part is zero and only the point encoding
+speaks for them, so every point gets a prediction (the datasets' formats need one per point).
+
+The loss is cross entropy plus the Lovász-softmax surrogate of the Jaccard index
+(Berman et al., CVPR 2018), both over the labelled points only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from gpicture.models.student import Student
+
+IGNORE = -100  # target index of unlabelled / ignored points (F.cross_entropy's default)
+
+
+@dataclass
+class SegmentationBatch:
+    """Frames of a batch: every point feeds the encoder, the rows ``seg_index`` are segmented."""
+
+    points: Tensor  # (N, 3) float32 m, the points' frame
+    features: Tensor  # (N, F) float32 point features (the model profile's point_features)
+    point_voxel: Tensor  # (N,) int64 row of voxel_coords, -1 outside the range
+    voxel_coords: Tensor  # (V, 4) int32 b, z, y, x
+    seg_index: Tensor  # (P,) int64 rows of `points` to segment (nuScenes: the keyframe points)
+    labels: Tensor  # (P,) int64 training class index, IGNORE where unlabelled
+    seg_ptr: Tensor  # (B + 1,) int64 CSR pointers of each frame's rows in seg_index / labels
+    frame_index: Tensor  # (B,) store frame index
+    batch_size: int
+
+    def to(self, device: torch.device | str) -> SegmentationBatch:
+        return SegmentationBatch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()})
+
+
+def lovasz_softmax(probs: Tensor, labels: Tensor, ignore_index: int = IGNORE) -> Tensor:
+    """Lovász-softmax loss of class probabilities ``probs`` (P, C) against ``labels`` (P,),
+    averaged over the classes present in the labels; 0 (with a gradient path) when no point
+    is labelled.
+
+    For each class c the errors e_i = |[y_i = c] - p_i(c)| are sorted in decreasing order
+    and dotted with the gradient of the Lovász extension of the Jaccard loss, which for
+    the sorted ground truth g is the discrete difference of
+    1 - (G - cumsum(g)) / (G + cumsum(1 - g)), G = sum(g). All classes at once: one sort of
+    the (P, C) error matrix along the points.
+    """
+    valid = labels != ignore_index
+    p, y = probs[valid], labels[valid]
+    if len(y) == 0:
+        return probs.sum() * 0.0
+    fg = F.one_hot(y, probs.shape[1]).to(p.dtype)  # (P, C)
+    errors = (fg - p).abs()
+    errors_sorted, order = torch.sort(errors, dim=0, descending=True)
+    fg_sorted = torch.gather(fg, 0, order)
+    gts = fg_sorted.sum(0)  # (C,)
+    intersection = gts - fg_sorted.cumsum(0)
+    union = gts + (1.0 - fg_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], 0)
+    per_class = (errors_sorted * grad).sum(0)
+    present = gts > 0
+    return per_class[present].mean()
+
+
+class SegDecoder(nn.Module):
+    """Per-input-voxel DSVT features (early + late) -> spconv refinement -> per-point logits."""
+
+    def __init__(self, d_model: int, num_point_features: int, num_classes: int, grid_zyx: tuple[int, int, int],
+                 voxel_size: tuple[float, float, float], point_cloud_range: tuple[float, ...], hidden: int = 64) -> None:
+        super().__init__()
+        import spconv.pytorch as spconv
+
+        from gpicture.compat import spconv_algo
+
+        self.grid_zyx = tuple(int(v) for v in grid_zyx)
+        self.register_buffer("voxel_size", torch.tensor(voxel_size, dtype=torch.float32), persistent=False)
+        self.register_buffer("lo", torch.tensor(point_cloud_range[:3], dtype=torch.float32), persistent=False)
+        self.register_buffer("hi", torch.tensor(point_cloud_range[3:], dtype=torch.float32), persistent=False)
+        self.fuse = nn.Sequential(nn.Linear(2 * d_model, hidden, bias=False), nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01),
+                                  nn.ReLU())
+        algo = spconv_algo()
+        self.conv = spconv.SparseSequential(
+            spconv.SubMConv3d(hidden, hidden, 3, padding=1, bias=False, indice_key="seg_subm", algo=algo),
+            nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01), nn.ReLU(),
+            spconv.SubMConv3d(hidden, hidden, 3, padding=1, bias=False, indice_key="seg_subm", algo=algo),
+            nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01), nn.ReLU(),
+        )
+        self.point = nn.Sequential(nn.Linear(6 + num_point_features, hidden, bias=False),
+                                   nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden, bias=False), nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01),
+                                  nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, early: Tensor, late: Tensor, voxel_coords: Tensor, batch_size: int, points: Tensor,
+                features: Tensor, point_voxel: Tensor) -> Tensor:
+        """``early``/``late`` (V, d) per input voxel; ``points`` (P, 3), ``features`` (P, F) and
+        ``point_voxel`` (P,) of the points to classify -> logits (P, num_classes)."""
+        import spconv.pytorch as spconv
+
+        x = self.fuse(torch.cat([early, late], 1))
+        sp = spconv.SparseConvTensor(x, voxel_coords.int(), list(self.grid_zyx), batch_size)
+        v = self.conv(sp).features + x  # residual: the convolutions refine, the fused features remain
+        inside = point_voxel >= 0
+        pv = point_voxel.clamp_min(0).long()
+        centre = (voxel_coords[pv][:, [3, 2, 1]].float() + 0.5) * self.voxel_size + self.lo
+        rel = torch.where(inside[:, None], (points - centre) / self.voxel_size, torch.zeros_like(points))
+        pos = 2.0 * (points - self.lo) / (self.hi - self.lo) - 1.0  # [-1, 1] inside the range
+        p = self.point(torch.cat([pos, rel, features], 1))
+        vox = v[pv] * inside[:, None].to(v.dtype) if len(v) else p.new_zeros(len(pv), v.shape[1])
+        return self.head(torch.cat([vox, p], 1))
+
+
+class Segmenter(nn.Module):
+    """Student backbone + sparse-convolution decoder -> per-point class logits."""
+
+    def __init__(self, student: Student, num_classes: int, hidden: int = 64, lovasz_weight: float = 1.0) -> None:
+        super().__init__()
+        self.student = student
+        self.num_classes = int(num_classes)
+        self.lovasz_weight = float(lovasz_weight)
+        cfg = student.cfg
+        nx, ny, nz = cfg.dsvt.sparse_shape
+        self.early_layer = 2 * cfg.dsvt.blocks[0] - 1  # the last layer of the first (full-resolution) stage
+        self.decoder = SegDecoder(cfg.dsvt.d_model, len(cfg.point_features), self.num_classes, (nz, ny, nx),
+                                  cfg.voxel_size, cfg.point_cloud_range, hidden)
+
+    def forward(self, batch: SegmentationBatch) -> Tensor:
+        """Logits (P, num_classes) of the points ``batch.seg_index``."""
+        out = self.student(batch.points, batch.features, batch.point_voxel, batch.voxel_coords)
+        idx = batch.seg_index
+        return self.decoder(out.per_input_voxel(self.early_layer), out.per_input_voxel(), batch.voxel_coords,
+                            batch.batch_size, batch.points[idx], batch.features[idx], batch.point_voxel[idx])
+
+    def loss(self, batch: SegmentationBatch) -> tuple[Tensor, dict[str, float]]:
+        """Cross entropy (unlabelled points ignored) + ``lovasz_weight`` x Lovász-softmax."""
+        logits = self(batch).float()  # the losses in float32 under AMP
+        labelled = batch.labels != IGNORE
+        if not bool(labelled.any()):
+            zero = logits.sum() * 0.0
+            return zero, {"ce": 0.0, "lovasz": 0.0}
+        ce = F.cross_entropy(logits, batch.labels, ignore_index=IGNORE)
+        lov = lovasz_softmax(logits.softmax(1), batch.labels)
+        return ce + self.lovasz_weight * lov, {"ce": float(ce.detach()), "lovasz": float(lov.detach())}
+
+    @torch.no_grad()
+    def predict(self, batch: SegmentationBatch) -> Tensor:
+        """(P,) int64 training class index (argmax) of the points ``batch.seg_index``."""
+        return self(batch).argmax(1)
+
+    def load_pretrained(self, path: Path) -> dict[str, list[str]]:
+        """Load a pre-trained student (``student.pt``) into the backbone; returns the loaded,
+        missing and unexpected keys (a layout that does not fit is refused)."""
+        from gpicture.training.finetune_common import load_pretrained_student
+
+        return load_pretrained_student(self.student, path)
