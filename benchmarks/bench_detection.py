@@ -163,7 +163,8 @@ def main() -> None:
 
         # (a) training
         torch.manual_seed(0)
-        det = Detector(Student(StudentConfig.from_params(prof, train_ds.attrs)), tasks).to(dev)
+        stride = int(params["finetune"]["detection"].get("head_stride", 1))
+        det = Detector(Student(StudentConfig.from_params(prof, train_ds.attrs)), tasks, stride).to(dev)
         n_params = sum(p.numel() for p in det.parameters())
         opt = torch.optim.AdamW(det.parameters(), lr=1e-3, weight_decay=0.01)
         use_amp = dev.type == "cuda"
@@ -250,7 +251,7 @@ def main() -> None:
     print(f"\ndetection fine-tuning benchmark: {args.dataset}, store {store} ({len(train_ds)} frames)")
     print(f"device {dev_name}, torch {torch.__version__}")
     print(f"model: small profile (d_model {prof['d_model']}, set {prof['set_size']}), grid {nx}x{ny}x{nz}, "
-          f"{len(names)} classes in {len(tasks)} heads, {n_params / 1e6:.2f} M parameters")
+          f"{len(names)} classes in {len(tasks)} heads (stride {stride}), {n_params / 1e6:.2f} M parameters")
     print(f"frames: {pts:,.0f} points, {vox:,.0f} voxels ({vox_eval:,.0f} un-augmented), {nbox:.1f} labelled boxes "
           f"per frame (mean of {n_frames}); batches of {BATCH}, median of {args.steps} after 1 warm-up\n")
     rows = [

@@ -29,7 +29,7 @@ def _detection_finetune(dataset: str, model_params: dict[str, Any], store: Path,
 
     s = DetectionSettings.from_params(sec, dataset)
     return run_detection_finetune(dataset, model_params, store, out, cfg, dist, init=init, label_fraction=label_fraction,
-                                  augment_cfg=s.augment, gt_sampling=s.gt_sampling, resume=resume)
+                                  settings=s, resume=resume)
 
 
 def _detection_predict(dataset: str, model: Path, store: Path, report_dir: Path, sec: dict[str, Any]) -> Predictions:

@@ -43,8 +43,9 @@ from gpicture.training.gt_sampling import GTSamplingConfig
 class DetectionSettings:
     """Training-time data settings of detection fine-tuning (``finetune.detection``)."""
 
-    augment: AugmentConfig | None
-    gt_sampling: GTSamplingConfig | None
+    augment: AugmentConfig | None = AugmentConfig()
+    gt_sampling: GTSamplingConfig | None = None
+    head_stride: int = 1  # the CenterPoint head's output cell in BEV cells
 
     @classmethod
     def from_params(cls, sec: dict[str, Any], dataset: str) -> DetectionSettings:
@@ -59,7 +60,7 @@ class DetectionSettings:
         unknown = set(gt.sample_groups if gt else ()) - {n for t in tasks for n in t}
         if unknown:
             raise ValueError(f"finetune.detection.gt_sampling.sample_groups.{dataset}: unknown classes {sorted(unknown)}")
-        return cls(augment, gt)
+        return cls(augment, gt, int(sec.get("head_stride", 1)))
 
 
 def _step(model: torch.nn.Module, batch, ctx: StepContext):  # noqa: ANN001, ANN202
@@ -71,28 +72,29 @@ def _step(model: torch.nn.Module, batch, ctx: StepContext):  # noqa: ANN001, ANN
 
 def run_detection_finetune(dataset: str, model_params: dict[str, Any], store: Path, out_dir: Path, train: TrainConfig,
                            dist: DistInfo, init: Path | None = None, label_fraction: float = 1.0,
-                           augment_cfg: AugmentConfig | None = AugmentConfig(), gt_sampling: GTSamplingConfig | None = None,
-                           resume: bool = True, progress: bool = True) -> dict[str, float]:
+                           settings: DetectionSettings | None = None, resume: bool = True, progress: bool = True) -> dict[str, float]:
     """Fine-tune a detector (student + CenterPoint head) on ``label_fraction`` of the frames of
     ``store``; writes ``model.pt``, ``init_report.json``, ``checkpoint.pt`` and dvclive logs
     in ``out_dir`` and returns the last epoch's mean losses."""
+    settings = settings or DetectionSettings()
     tasks, cmap = detection_classes(dataset)
     names = [n for t in tasks for n in t]
     n = len(VoxelStore.open(store))
     frames = label_subset(n, label_fraction, train.seed)
-    ds = DetectionDataset(store, list(model_params["point_features"]), names, cmap, frames, augment_cfg, train.seed,
-                          gt_sampling=gt_sampling)
+    ds = DetectionDataset(store, list(model_params["point_features"]), names, cmap, frames, settings.augment, train.seed,
+                          gt_sampling=settings.gt_sampling)
     _ = ds.gt_database  # built once here, before DataLoader workers fork, so that they share it
     torch.manual_seed(train.seed)
-    det = Detector(Student(StudentConfig.from_params(model_params, ds.attrs)), tasks)
+    det = Detector(Student(StudentConfig.from_params(model_params, ds.attrs)), tasks, settings.head_stride)
     out_dir = Path(out_dir)
     init_student(det.student, init, out_dir, label_fraction, len(frames), write=dist.is_main)
     key = finetune_run_key("detection", dataset, model_params, VoxelStore.open(store).fingerprint, init, label_fraction,
-                           augment=augment_cfg, gt_sampling=gt_sampling)
+                           settings=settings)
     metrics = fit(det, ds, collate_detection, _step, train, out_dir, dist, hooks=EpochHook(ds), progress=progress,
                   run_key=key, resume=resume)
     if dist.is_main:
-        save_atomic({"format": "gpicture-detector", "dataset": dataset, "tasks": tasks, "model_params": model_params,
+        save_atomic({"format": "gpicture-detector", "dataset": dataset, "tasks": tasks, "head_stride": settings.head_stride,
+                     "model_params": model_params,
                      "state": det.state_dict()}, out_dir / "model.pt")
     return metrics
 
@@ -101,7 +103,8 @@ def load_detector(path: Path, store_attrs: dict[str, Any]) -> Detector:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != "gpicture-detector":
         raise ValueError(f"{path}: not a gpicture detector checkpoint")
-    det = Detector(Student(StudentConfig.from_params(state["model_params"], store_attrs)), state["tasks"])
+    det = Detector(Student(StudentConfig.from_params(state["model_params"], store_attrs)), state["tasks"],
+                   int(state.get("head_stride", 1)))
     det.load_state_dict(state["state"])
     return det.eval()
 

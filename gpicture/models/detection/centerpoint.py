@@ -20,16 +20,18 @@ from gpicture.ops import nms_rotated
 CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)  # CenterPoint's nuScenes weights
 
 
-def _conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class BEVBackbone(nn.Module):
-    """A light 2D residual trunk on the scattered BEV features."""
+    """A light 2D residual trunk on the scattered BEV features. ``stride`` 2 halves the map in
+    its stem (the CPU profile's heads then run on 4x fewer cells)."""
 
-    def __init__(self, cin: int, channels: int = 64, blocks: int = 2) -> None:
+    def __init__(self, cin: int, channels: int = 64, blocks: int = 2, stride: int = 1) -> None:
         super().__init__()
-        self.stem = _conv(cin, channels)
+        self.stem = _conv(cin, channels, stride)
         self.blocks = nn.ModuleList(nn.Sequential(_conv(channels, channels), _conv(channels, channels)) for _ in range(blocks))
         self.out_channels = channels
 
@@ -86,12 +88,14 @@ class Detections:
 class CenterPoint(nn.Module):
     """BEV trunk + CenterPoint head, with losses and decoding."""
 
-    def __init__(self, bev_channels: int, tasks: list[list[str]], grid: BEVGrid, trunk_channels: int = 64) -> None:
+    def __init__(self, bev_channels: int, tasks: list[list[str]], grid: BEVGrid, trunk_channels: int = 64,
+                 stride: int = 1) -> None:
+        """``grid`` is the output grid: the BEV map's cells times ``stride``."""
         super().__init__()
         self.tasks = tasks
         self.class_names = [n for t in tasks for n in t]
         self.grid = grid
-        self.trunk = BEVBackbone(bev_channels, trunk_channels)
+        self.trunk = BEVBackbone(bev_channels, trunk_channels, stride=stride)
         self.head = CenterHead(trunk_channels, tasks, trunk_channels)
         self.register_buffer("code_weights", torch.tensor(CODE_WEIGHTS), persistent=False)
 

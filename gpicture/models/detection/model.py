@@ -14,14 +14,20 @@ from gpicture.training.detection_data import DetectionBatch
 
 
 class Detector(nn.Module):
-    def __init__(self, student: Student, tasks: list[list[str]]) -> None:
+    def __init__(self, student: Student, tasks: list[list[str]], stride: int = 1) -> None:
+        """``stride``: the head's output cell in BEV cells (1: the voxel grid; 2: half resolution)."""
         super().__init__()
+        if stride not in (1, 2, 4):
+            raise ValueError(f"detection head stride must be 1, 2 or 4, got {stride}")
         self.student = student
+        self.stride = stride
         cfg = student.cfg
         nx, ny = cfg.dsvt.sparse_shape[0], cfg.dsvt.sparse_shape[1]
+        if nx % stride or ny % stride:
+            raise ValueError(f"BEV grid {nx} x {ny} is not divisible by the head stride {stride}")
         pcr = cfg.point_cloud_range
-        grid = BEVGrid(pcr, ((pcr[3] - pcr[0]) / nx, (pcr[4] - pcr[1]) / ny))
-        self.head = CenterPoint(student.bev_channels, tasks, grid)
+        grid = BEVGrid(pcr, ((pcr[3] - pcr[0]) / nx * stride, (pcr[4] - pcr[1]) / ny * stride))
+        self.head = CenterPoint(student.bev_channels, tasks, grid, stride=stride)
 
     def forward(self, batch: DetectionBatch):  # noqa: ANN201
         out = self.student(batch.points, batch.features, batch.point_voxel, batch.voxel_coords)
