@@ -18,8 +18,9 @@ def evaluate(
         ..., help="The downstream task."),
     dataset: str = typer.Option(..., help="nuscenes or waymo."),
     model: Path | None = typer.Option(None, help="Fine-tuned model (default: models/<task>/<dataset>/model.pt)."),
-    predictions: Path | None = typer.Option(None, help="Score this predictions file (nuScenes submission JSON, Waymo "
-                                                       "metrics_pb2.Objects) instead of running the model."),
+    predictions: Path | None = typer.Option(None, help="Score these predictions instead of running the model: detection: "
+                                                       "a nuScenes submission JSON / Waymo metrics_pb2.Objects file; "
+                                                       "segmentation: a lidarseg folder; occupancy: a folder of .npy."),
     store: Path | None = typer.Option(None, help="Voxel store of the split (default: data/zarr/<dataset>/val.zarr)."),
     out: Path | None = typer.Option(None, help="Metrics JSON (default: metrics/<dataset>/<task>.json)."),
     report_dir: Path | None = typer.Option(None, help="Folder for the model's predictions and the metric's own reports "
@@ -44,7 +45,7 @@ def evaluate(
         report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
         if predictions is None:
             model = model or Path(f"models/{task.value}/{dataset}/model.pt")
-            written = PREDICT[task.value](dataset, model, store, report_dir, sec)
+            written = PREDICT[task.value](dataset, model, store, report_dir, sec, source)
             predictions = written.path
             err.print(f"wrote {predictions}: {written.count} {written.unit}")
         metrics = SCORE[task.value](dataset, predictions, store, report_dir, source)

@@ -180,12 +180,13 @@ def frames_with_ground_truth(store: VoxelStore) -> list[int]:
     Reads only the occupancy pointers (nuScenes) or the per-point label rows (Waymo), not whole
     frames, through the store's CSR pointers.
     """
-    ptr = store._ptr  # noqa: SLF001  (the store exposes no per-frame "has labels" query yet)
+    # The store exposes no per-frame "has labels" query yet: its CSR pointers and label reader are used.
+    ptr = store._ptr
     if store.attrs["dataset"] == "nuscenes":
-        if not store.attrs.get("has_occupancy") or store._occ is None:  # noqa: SLF001
+        if not store.attrs.get("has_occupancy") or store._occ is None:
             return []
         return np.flatnonzero(np.diff(ptr["occ"]) > 0).tolist()
-    if store._seg is None:  # noqa: SLF001
+    if store._seg is None:
         return []
     p = ptr["point"]
-    return [i for i in range(len(store)) if (store._seg(p[i], p[i + 1]) != UNLABELLED_POINT).any()]  # noqa: SLF001
+    return [i for i in range(len(store)) if (store._seg(p[i], p[i + 1]) != UNLABELLED_POINT).any()]

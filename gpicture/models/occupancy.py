@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpicture.data.occupancy_targets import IGNORE, OPENOCCUPANCY_GRID, OccupancyGridSpec
+from gpicture.data.occupancy_targets import (
+    IGNORE,
+    OPENOCCUPANCY_GRID,
+    OccupancyGridSpec,
+)
 from gpicture.models.detection.centerpoint import BEVBackbone
 from gpicture.models.student import Student
 
@@ -46,7 +50,7 @@ class OccupancyBatch:
 def _sampling_grid(store_range: tuple[float, ...], grid: OccupancyGridSpec) -> Tensor:
     """(1, ny, nx, 2) normalised (x, y) positions of the occupancy columns' centres in the store's
     BEV map (``grid_sample`` with ``align_corners=False``: -1 and 1 are the map's outer edges)."""
-    x0, y0, _, x1, y1, _ = grid.point_cloud_range
+    x0, y0 = grid.point_cloud_range[:2]
     _, ny, nx = grid.shape_zyx
     vx, vy = grid.voxel_size[0], grid.voxel_size[1]
     xs = x0 + (torch.arange(nx, dtype=torch.float64) + 0.5) * vx

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpicture.models.student import Student
@@ -34,7 +34,7 @@ class SegmentationBatch:
     features: Tensor  # (N, F) float32 point features (the model profile's point_features)
     point_voxel: Tensor  # (N,) int64 row of voxel_coords, -1 outside the range
     voxel_coords: Tensor  # (V, 4) int32 b, z, y, x
-    seg_index: Tensor  # (P,) int64 rows of `points` to segment (nuScenes: the keyframe points)
+    seg_index: Tensor  # (P,) int64 rows of `points` to segment (nuScenes: keyframe points; training: labelled only)
     labels: Tensor  # (P,) int64 training class index, IGNORE where unlabelled
     seg_ptr: Tensor  # (B + 1,) int64 CSR pointers of each frame's rows in seg_index / labels
     frame_index: Tensor  # (B,) store frame index
@@ -143,13 +143,16 @@ class Segmenter(nn.Module):
 
     def loss(self, batch: SegmentationBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross entropy (unlabelled points ignored) + ``lovasz_weight`` x Lovász-softmax."""
-        logits = self(batch).float()  # the losses in float32 under AMP
-        labelled = batch.labels != IGNORE
-        if not bool(labelled.any()):
-            zero = logits.sum() * 0.0
-            return zero, {"ce": 0.0, "lovasz": 0.0}
-        ce = F.cross_entropy(logits, batch.labels, ignore_index=IGNORE)
-        lov = lovasz_softmax(logits.softmax(1), batch.labels)
+        return self.loss_from_logits(self(batch), batch.labels)
+
+    def loss_from_logits(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The loss of logits (P, C) computed elsewhere (under DDP: by the wrapper's forward)
+        against labels (P,) training class indices, IGNORE where unlabelled."""
+        logits = logits.float()  # the losses in float32 under AMP
+        if not bool((labels != IGNORE).any()):
+            return logits.sum() * 0.0, {"ce": 0.0, "lovasz": 0.0}
+        ce = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        lov = lovasz_softmax(logits.softmax(1), labels)
         return ce + self.lovasz_weight * lov, {"ce": float(ce.detach()), "lovasz": float(lov.detach())}
 
     @torch.no_grad()

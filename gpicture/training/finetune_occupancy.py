@@ -27,8 +27,19 @@ from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.occupancy import OccupancyBatch, Occupier
 from gpicture.models.student import Student, StudentConfig
-from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit, save_atomic
-from gpicture.training.finetune_common import EpochHook, finetune_run_key, init_student, label_subset
+from gpicture.training.engine import (
+    DistInfo,
+    StepContext,
+    TrainConfig,
+    fit,
+    save_atomic,
+)
+from gpicture.training.finetune_common import (
+    EpochHook,
+    finetune_run_key,
+    init_student,
+    label_subset,
+)
 
 MODEL_FORMAT = "gpicture-occupancy"
 

@@ -17,7 +17,7 @@ frames that carry labels (Waymo labels only every fifth frame).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,8 +31,19 @@ from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.segmentation import IGNORE, SegmentationBatch, Segmenter
 from gpicture.models.student import Student, StudentConfig
 from gpicture.training.augment import AugmentConfig, augment
-from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit, save_atomic
-from gpicture.training.finetune_common import EpochHook, finetune_run_key, init_student, label_subset
+from gpicture.training.engine import (
+    DistInfo,
+    StepContext,
+    TrainConfig,
+    fit,
+    save_atomic,
+)
+from gpicture.training.finetune_common import (
+    EpochHook,
+    finetune_run_key,
+    init_student,
+    label_subset,
+)
 
 UNLABELLED = 255
 
@@ -43,7 +54,7 @@ class SegmentationSettings:
 
     lovasz_weight: float = 1.0  # loss = CE + lovasz_weight * Lovász-softmax
     decoder_channels: int = 64  # width of the sparse-convolution decoder and point head
-    augment: AugmentConfig | None = AugmentConfig()
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
 
     @classmethod
     def from_params(cls, sec: dict[str, Any], dataset: str) -> SegmentationSettings:
@@ -102,10 +113,12 @@ def segmented_count(frame: StoreFrame, dataset: str) -> int:
 
 class SegmentationDataset(Dataset):
     """Frames of a store with per-point training labels, augmented (training) then voxelized
-    on the store's canonical grid."""
+    on the store's canonical grid. With ``labelled_only`` (training) only the labelled points
+    are segmented (the others cannot contribute to the loss, and Waymo labels one lidar of
+    five); otherwise every segmented point is, in store order."""
 
     def __init__(self, store: str | Path, feature_names: list[str], frames: list[int] | None = None,
-                 augment_cfg: AugmentConfig | None = None, seed: int = 0) -> None:
+                 augment_cfg: AugmentConfig | None = None, seed: int = 0, labelled_only: bool = False) -> None:
         self.path = Path(store)
         src = VoxelStore.open(self.path)
         self.attrs = src.attrs
@@ -115,6 +128,7 @@ class SegmentationDataset(Dataset):
         self.frames = list(range(len(src))) if frames is None else list(frames)
         self.feature_names = list(feature_names)
         self.augment_cfg, self.seed = augment_cfg, seed
+        self.labelled_only = labelled_only
         self.epoch = 0
         self._store: VoxelStore | None = None
 
@@ -132,6 +146,7 @@ class SegmentationDataset(Dataset):
         n_seg = segmented_count(fr, self.dataset)
         seg = fr.seg_labels[:n_seg] if fr.seg_labels is not None else np.full(n_seg, UNLABELLED, np.uint8)
         labels = self.lut[seg]
+        rows = np.flatnonzero(labels != IGNORE) if self.labelled_only else np.arange(n_seg)
         pts = fr.points
         feats = np.stack([fr.features[n] for n in self.feature_names], 1).astype(np.float32)
         if self.augment_cfg is not None:
@@ -140,8 +155,8 @@ class SegmentationDataset(Dataset):
             coords, pv = self.grid.voxelize(pts)
         else:  # the store's own voxelization of the unmoved points
             coords, pv = fr.voxel_coords, fr.point_voxel
-        return {"points": pts, "features": feats, "coords": coords, "point_voxel": pv, "n_seg": n_seg,
-                "labels": labels, "index": k}
+        return {"points": pts, "features": feats, "coords": coords, "point_voxel": pv, "seg_rows": rows,
+                "labels": labels[rows], "index": k}
 
 
 def collate_segmentation(items: list[dict]) -> SegmentationBatch:
@@ -154,8 +169,8 @@ def collate_segmentation(items: list[dict]) -> SegmentationBatch:
                          for it, o in zip(items, v_off, strict=True)])
     coords = np.concatenate([np.column_stack([np.full(len(it["coords"]), b, np.int32), it["coords"]])
                              for b, it in enumerate(items)])
-    seg_index = np.concatenate([o + np.arange(it["n_seg"], dtype=np.int64) for it, o in zip(items, p_off, strict=True)])
-    seg_ptr = np.concatenate([[0], np.cumsum([it["n_seg"] for it in items])]).astype(np.int64)
+    seg_index = np.concatenate([o + it["seg_rows"].astype(np.int64) for it, o in zip(items, p_off, strict=True)])
+    seg_ptr = np.concatenate([[0], np.cumsum([len(it["seg_rows"]) for it in items])]).astype(np.int64)
     return SegmentationBatch(
         points=torch.from_numpy(np.concatenate([it["points"] for it in items]).astype(np.float32)),
         features=torch.from_numpy(np.concatenate([it["features"] for it in items])),
@@ -184,7 +199,8 @@ def labelled_frames(store: Path) -> list[int]:
 
 def _step(model: torch.nn.Module, batch: SegmentationBatch, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
     seg = model.module if hasattr(model, "module") else model
-    return seg.loss(batch.to(ctx.device))
+    batch = batch.to(ctx.device)
+    return seg.loss_from_logits(model(batch), batch.labels)  # forward through the (DDP) wrapper
 
 
 def build_segmenter(dataset: str, model_params: dict[str, Any], store_attrs: dict[str, Any],
@@ -208,7 +224,8 @@ def run_segmentation_finetune(dataset: str, model_params: dict[str, Any], store:
         raise ValueError(f"{store}: a {src.attrs['dataset']} store, not {dataset}")
     labelled = labelled_frames(store)
     frames = [labelled[i] for i in label_subset(len(labelled), label_fraction, train.seed)]
-    ds = SegmentationDataset(store, list(model_params["point_features"]), frames, settings.augment, train.seed)
+    ds = SegmentationDataset(store, list(model_params["point_features"]), frames, settings.augment, train.seed,
+                             labelled_only=True)
     torch.manual_seed(train.seed)
     seg = build_segmenter(dataset, model_params, src.attrs, settings)
     out_dir = Path(out_dir)

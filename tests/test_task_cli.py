@@ -1,5 +1,5 @@
-"""`gpicture finetune --task detection` and `gpicture evaluate --task detection` end to end on tiny
-synthetic nuScenes and Waymo splits, and the Waymo predictions file format."""
+"""`gpicture finetune --task T` and `gpicture evaluate --task T` end to end on tiny synthetic nuScenes
+and Waymo splits for every task, and the Waymo detection predictions file format."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ TINY = {"d_model": 32, "vfe_filters": [32, 32], "dim_feedforward": 48, "set_size
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("detcli")
-    generate_nuscenes(SynthConfig(scenes=3, frames=2, sweeps_before=1, seed=8, occupancy=False, workers=2),
+    generate_nuscenes(SynthConfig(scenes=3, frames=2, sweeps_before=1, seed=8, occupancy=True, workers=2),
                       root / "raw" / "nuscenes")
     generate_waymo(SynthConfig(scenes=2, frames=2, seed=3, workers=2), root / "raw" / "waymo")
     nus = VoxelGrid((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.4, 0.4, 0.4))
@@ -74,6 +74,36 @@ def test_finetune_then_evaluate_writes_the_official_format_and_metrics(world, da
         for k in ("mAP_L1", "mAPH_L1", "mAP_L2", "mAPH_L2"):
             assert metrics[k] is None or 0.0 <= metrics[k] <= 1.0
         assert "TYPE_VEHICLE" in metrics
+
+
+@pytest.mark.parametrize("task", ["segmentation", "occupancy"])
+@pytest.mark.parametrize("dataset,train,val", [("nuscenes", "mini_train", "mini_val"), ("waymo", "training", "validation")])
+def test_dense_tasks_finetune_and_evaluate_from_the_cli(world, task, dataset, train, val) -> None:
+    root, params = world["root"], world["params"]
+    out = root / "models" / f"{task}-{dataset}"
+    r = _run(["finetune", "--task", task, "--dataset", dataset, "--init", "scratch", "--epochs", "1",
+              "--store", str(root / dataset / f"{train}.zarr"), "--out", str(out), "--params", str(params)])
+    assert r.exit_code == 0, r.output
+    assert (out / "model.pt").is_file() and (out / "init_report.json").is_file()
+    metrics_path, reports = root / "metrics" / f"{task}-{dataset}.json", root / "pred" / f"{task}-{dataset}"
+    r = _run(["evaluate", "--task", task, "--dataset", dataset, "--model", str(out / "model.pt"),
+              "--store", str(root / dataset / f"{val}.zarr"), "--out", str(metrics_path), "--report-dir", str(reports),
+              "--params", str(params)])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(metrics_path.read_text())
+    assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["per_class_IoU"]
+    if task == "occupancy":
+        assert 0.0 <= metrics["IoU"] <= 1.0
+        assert any(reports.glob("occupancy/*.npy"))
+    else:
+        assert any(reports.glob("predictions/**/*.bin"))
+    # the written predictions score the same through --predictions
+    pred = next(p for p in reports.iterdir() if p.is_dir())
+    r = _run(["evaluate", "--task", task, "--dataset", dataset, "--predictions", str(pred),
+              "--store", str(root / dataset / f"{val}.zarr"), "--out", str(metrics_path.with_suffix(".again.json")),
+              "--report-dir", str(reports.with_name(reports.name + "-again")), "--params", str(params)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(metrics_path.with_suffix(".again.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"])
 
 
 def test_evaluate_scores_external_ground_truth_predictions_perfectly(world, tmp_path) -> None:
