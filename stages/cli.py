@@ -14,6 +14,7 @@ from stages.doctor import doctor
 from stages.evaluate import evaluate
 from stages.finetune import finetune
 from stages.pretrain import pretrain
+from stages.study import study
 from stages.synth import synth
 from stages.teacher import teacher
 
@@ -39,6 +40,7 @@ app.command("pretrain")(pretrain)
 app.command("cka")(cka)
 app.command("finetune")(finetune)
 app.command("evaluate")(evaluate)
+app.command("study")(study)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

@@ -21,6 +21,9 @@ def pretrain(
     out: Path | None = typer.Option(None, help="Output folder (default: models/pretrain/<dataset>)."),
     epochs: int | None = typer.Option(None, help="Override pretrain.epochs."),
     resume: bool = typer.Option(True, help="Continue from <out>/checkpoint.pt when present."),
+    teacher_targets: bool | None = typer.Option(None, help="Reconstruct the teacher features (params: "
+                                                           "pretrain.teacher_targets); --no-teacher-targets is the "
+                                                           "ablation with point targets only."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Pre-train the student with I²Mask, CKA-guided hierarchical reconstruction and DGPL.
@@ -47,7 +50,9 @@ def pretrain(
     try:
         metrics = run_pretrain(prof, store, teacher, out, cfg, tuple(alpha), mask, dgpl, dist,
                                true_points=int(sec["heads"]["true_points"]), pred_points=int(sec["heads"]["pred_points"]),
-                               decoder_blocks=int(sec["decoder_blocks"]), resume=resume)
+                               decoder_blocks=int(sec["decoder_blocks"]), resume=resume,
+                               teacher_targets=bool(sec.get("teacher_targets", True) if teacher_targets is None
+                                                    else teacher_targets))
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -168,3 +168,24 @@ def test_checkpoint_of_another_run_is_not_resumed(data, tmp_path) -> None:
     second = torch.load(out / "checkpoint.pt", weights_only=False)
     assert second["run_key"] != first["run_key"]
     assert not torch.equal(second["model"]["mask_token"], first["model"]["mask_token"])
+
+
+def test_ablation_without_teacher_targets_trains_on_points_only(data) -> None:
+    """--no-teacher-targets: the loss is the alpha-weighted point loss even when the gate is open."""
+    from gpicture.training.engine import StepContext
+    from gpicture.training.pretrain import _step, build_pretrainer, masks_for_batch
+
+    store, teacher = data
+    ds = PretrainDataset(store, teacher)
+    torch.manual_seed(0)
+    model = build_pretrainer(PROFILE, ds.attrs, ALPHA)
+    batch = collate_pretrain([ds[0]], feature_names=list(PROFILE["point_features"]), voxel_size=(0.4, 0.4, 0.4),
+                             point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), max_points=64)
+    ctx = StepContext(epoch=3, step=0, epoch_state={"beta": 0.9}, device=torch.device("cpu"))
+    mask_cfg = MaskConfig(8, (3, 3, 2), 0.6, (0.9, 0.45, 0.0))
+    with_teacher, logs = _step(model, batch, ctx, mask_cfg, seed=0)
+    without, logs_off = _step(model, batch, ctx, mask_cfg, seed=0, teacher_targets=False)
+    assert logs_off["loss_teacher"] > 0 and logs["loss_teacher"] == pytest.approx(logs_off["loss_teacher"])
+    assert float(without) < float(with_teacher)  # the teacher term is gone
+    losses = model(batch, masks_for_batch(batch, mask_cfg, 0, 3), beta=0.0)
+    assert float(without) == pytest.approx(float((torch.tensor(ALPHA) * losses.points).mean()), rel=1e-5)

@@ -92,10 +92,12 @@ class DGPLHooks:
         self.gate.load_state_dict(state)
 
 
-def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: MaskConfig, seed: int):  # noqa: ANN202
+def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: MaskConfig, seed: int,  # noqa: ANN202
+          teacher_targets: bool = True):
     batch = batch.to(ctx.device)
     mask = masks_for_batch(batch, mask_cfg, seed, ctx.epoch)
-    losses = model(batch, mask, beta=ctx.epoch_state.get("beta", 0.0))
+    beta = ctx.epoch_state.get("beta", 0.0) if teacher_targets else 0.0  # the ablation: points only
+    losses = model(batch, mask, beta=beta)
     return losses.total, {"loss_points": float(losses.points.mean()), "loss_teacher": float(losses.teacher.mean()),
                           "masked_fraction": losses.masked_fraction}
 
@@ -110,9 +112,12 @@ def build_pretrainer(model_params: dict[str, Any], store_attrs: dict[str, Any], 
 def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_dir: Path, train: TrainConfig,
                  alpha: tuple[float, ...], mask: MaskConfig, dgpl: DGPLConfig, dist: DistInfo,
                  true_points: int = 64, pred_points: int = 16, decoder_blocks: int = 1, resume: bool = True,
-                 stop_after_epochs: int | None = None, progress: bool = True) -> dict[str, float]:
+                 stop_after_epochs: int | None = None, progress: bool = True,
+                 teacher_targets: bool = True) -> dict[str, float]:
     """Pre-train a student on a store + teacher store; writes ``out_dir/checkpoint.pt`` each
-    epoch, dvclive logs, and ``out_dir/student.pt`` (the backbone, for fine-tuning) at the end."""
+    epoch, dvclive logs, and ``out_dir/student.pt`` (the backbone, for fine-tuning) at the end.
+    ``teacher_targets`` False is the ablation without the teacher reconstruction targets
+    (beta = 0 throughout: point targets only; the I2Mask still clusters teacher features)."""
     dataset = PretrainDataset(store, teacher)
     attrs = dataset.attrs
     torch.manual_seed(train.seed)  # the same initial weights in every run and process
@@ -123,9 +128,10 @@ def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_d
                                 max_points=true_points)
     probe = collate([dataset[i] for i in range(min(dgpl.probe_frames, len(dataset)))])
     hooks = DGPLHooks(dgpl, probe, dist.device)
-    step = functools.partial(_step, mask_cfg=mask, seed=train.seed)
+    step = functools.partial(_step, mask_cfg=mask, seed=train.seed, teacher_targets=teacher_targets)
     key = run_key(model_params=model_params, alpha=list(alpha), mask=asdict(mask), dgpl=asdict(dgpl),
                   true_points=true_points, pred_points=pred_points, decoder_blocks=decoder_blocks,
+                  teacher_targets=teacher_targets,
                   store=VoxelStore.open(store).fingerprint, teacher=TeacherStore.open(teacher).settings)
     metrics = fit(model, dataset, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
                   stop_after_epochs=stop_after_epochs, progress=progress, run_key=key)
