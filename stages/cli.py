@@ -14,6 +14,7 @@ from stages.doctor import doctor
 from stages.evaluate import evaluate
 from stages.finetune import finetune
 from stages.pretrain import pretrain
+from stages.show import show
 from stages.study import study
 from stages.synth import synth
 from stages.teacher import teacher
@@ -40,6 +41,7 @@ app.command("pretrain")(pretrain)
 app.command("cka")(cka)
 app.command("finetune")(finetune)
 app.command("evaluate")(evaluate)
+app.command("show")(show)
 app.command("study")(study)
 
 
