@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from _synthetic import synthetic_store  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from gpicture.data.convert import ConvertConfig, convert
-from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.detection.model import Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.ops import nms_reference, nms_rotated
@@ -59,23 +58,6 @@ def bench_nms_module():
     import bench_nms
 
     return bench_nms
-
-
-def synthetic_store(dataset: str, params: dict, tmp: Path) -> Path:
-    """A tiny store on the params.yaml grid: 4 frames of one synthetic scene / segment."""
-    from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
-
-    conv = params["convert"][dataset]
-    grid = VoxelGrid(tuple(conv["point_cloud_range"]), tuple(conv["voxel_size"]))
-    if dataset == "nuscenes":
-        generate_nuscenes(SynthConfig(scenes=1, frames=4, sweeps_before=conv["sweeps"] - 1, seed=0, occupancy=False),
-                          tmp / "raw")
-        cfg = ConvertConfig("nuscenes", tmp / "raw", "mini_train", grid, sweeps=conv["sweeps"])
-    else:
-        generate_waymo(SynthConfig(scenes=1, frames=4, seed=0), tmp / "raw")
-        cfg = ConvertConfig("waymo", tmp / "raw", "training", grid)
-    convert(cfg, tmp / "train.zarr")
-    return tmp / "train.zarr"
 
 
 def timed_items(ds: DetectionDataset, n: int) -> tuple[list[dict], list[float]]:

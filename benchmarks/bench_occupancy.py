@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from _synthetic import synthetic_store  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from gpicture.data.convert import ConvertConfig, convert
 from gpicture.data.store import VoxelStore
-from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.occupancy import OccupancyBatch
 from gpicture.training.finetune_occupancy import (
     OccupancyDataset,
@@ -40,24 +39,6 @@ from gpicture.training.finetune_occupancy import (
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2
 RANGES = {"nuscenes": [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0], "waymo": [-51.2, -51.2, -2.0, 51.2, 51.2, 4.4]}
-
-
-def synthetic_store(dataset: str, params: dict, tmp: Path) -> Path:
-    """A tiny store on the params.yaml grid: 4 frames of one synthetic scene / segment (with
-    occupancy files for nuScenes, labels on frame 0 for Waymo)."""
-    from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
-
-    conv = params["convert"][dataset]
-    grid = VoxelGrid(tuple(conv["point_cloud_range"]), tuple(conv["voxel_size"]))
-    if dataset == "nuscenes":
-        generate_nuscenes(SynthConfig(scenes=1, frames=4, sweeps_before=conv["sweeps"] - 1, seed=0, occupancy=True),
-                          tmp / "raw")
-        cfg = ConvertConfig("nuscenes", tmp / "raw", "mini_train", grid, sweeps=conv["sweeps"])
-    else:
-        generate_waymo(SynthConfig(scenes=1, frames=6, seed=0, waymo_label_every=1), tmp / "raw")
-        cfg = ConvertConfig("waymo", tmp / "raw", "training", grid)
-    convert(cfg, tmp / "train.zarr")
-    return tmp / "train.zarr"
 
 
 def median_s(fn: Callable[[], None], steps: int, device: torch.device) -> float:
@@ -91,7 +72,7 @@ def main() -> None:
         store = args.store or REPO / "data" / "zarr" / args.dataset / "train.zarr"
         if args.synthetic or not store.exists():
             print(f"generating a synthetic {args.dataset} store ...")
-            store = synthetic_store(args.dataset, params, Path(tmp))
+            store = synthetic_store(args.dataset, params, Path(tmp), occupancy=True, frames=6 if args.dataset == "waymo" else 4)
         settings = OccupancySettings.from_params(
             {"grid": {args.dataset: {"point_cloud_range": RANGES[args.dataset], "voxel_size": args.voxel_size}},
              "augment": {"flip_x": True, "flip_y": True}}, args.dataset)

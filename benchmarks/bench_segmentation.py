@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from _synthetic import synthetic_store  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from gpicture.data.convert import ConvertConfig, convert
-from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.segmentation import SegmentationBatch
 from gpicture.training.augment import AugmentConfig
 from gpicture.training.finetune_segmentation import (
@@ -38,24 +37,6 @@ from gpicture.training.finetune_segmentation import (
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2
-
-
-def synthetic_store(dataset: str, params: dict, tmp: Path) -> Path:
-    """A tiny store on the params.yaml grid: 4 frames of one synthetic scene / segment
-    (Waymo: every frame labelled)."""
-    from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
-
-    conv = params["convert"][dataset]
-    grid = VoxelGrid(tuple(conv["point_cloud_range"]), tuple(conv["voxel_size"]))
-    if dataset == "nuscenes":
-        generate_nuscenes(SynthConfig(scenes=1, frames=4, sweeps_before=conv["sweeps"] - 1, seed=0, occupancy=False),
-                          tmp / "raw")
-        cfg = ConvertConfig("nuscenes", tmp / "raw", "mini_train", grid, sweeps=conv["sweeps"])
-    else:
-        generate_waymo(SynthConfig(scenes=1, frames=4, seed=0, waymo_label_every=1), tmp / "raw")
-        cfg = ConvertConfig("waymo", tmp / "raw", "training", grid)
-    convert(cfg, tmp / "train.zarr")
-    return tmp / "train.zarr"
 
 
 def median_ms(fn: Callable[[int], None], steps: int, sync: bool) -> float:

@@ -45,7 +45,9 @@ def convert(
     err = Console(stderr=True)
     try:
         top = load_section(params, "convert")
-        sec = load_section(params, "convert", dataset.value)
+        profile = str(load_section(params, "model").get("profile", "small"))
+        sec = {**load_section(params, "convert", dataset.value),
+               **((top.get("profiles") or {}).get(profile, {}).get(dataset.value) or {})}
         cfg = ConvertConfig(
             dataset=dataset.value,
             root=root if root is not None else Path(sec["root"]),

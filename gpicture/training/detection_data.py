@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from gpicture.data.dataset import VoxelStoreDataset
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.training.augment import AugmentConfig, augment
@@ -51,7 +51,7 @@ class DetectionBatch:
         return DetectionBatch(**{k: mv(v) for k, v in self.__dict__.items()})
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(VoxelStoreDataset):
     """Frames of a store with boxes mapped to class indices (boxes with no class or no point dropped).
 
     With ``augment_cfg`` (training) and ``gt_sampling``, objects of a database built from this
@@ -62,11 +62,10 @@ class DetectionDataset(Dataset):
     def __init__(self, store: str | Path, feature_names: list[str], class_names: list[str], class_map: dict[str, str],
                  frames: list[int] | None = None, augment_cfg: AugmentConfig | None = None, seed: int = 0,
                  gt_sampling: GTSamplingConfig | None = None) -> None:
-        self.path = Path(store)
+        super().__init__(store, frames)  # path, frames, a store opened lazily in each worker
         src = VoxelStore.open(self.path)
         self.attrs = src.attrs
         self.grid = VoxelGrid(tuple(src.attrs["point_cloud_range"]), tuple(src.attrs["voxel_size"]))
-        self.frames = list(range(len(src))) if frames is None else list(frames)
         self.feature_names, self.class_names = list(feature_names), list(class_names)
         self.class_map = class_map
         self.augment_cfg, self.seed = augment_cfg, seed
@@ -74,7 +73,6 @@ class DetectionDataset(Dataset):
         if gt_sampling is not None and (unknown := sorted(set(gt_sampling.sample_groups) - set(self.class_names))):
             raise ValueError(f"gt sampling: unknown classes {unknown} (classes: {self.class_names})")
         self.gt_sampling = gt_sampling
-        self._store: VoxelStore | None = None
         self._gt_db: GTDatabase | None = None
 
     @property
@@ -92,16 +90,11 @@ class DetectionDataset(Dataset):
 
     def __getstate__(self) -> dict:
         _ = self.gt_database  # built once here, so that pickled copies (spawned workers) receive it
-        return {**self.__dict__, "_store": None}
-
-    def __len__(self) -> int:
-        return len(self.frames)
+        return super().__getstate__()
 
     def __getitem__(self, i: int) -> dict:
-        if self._store is None:
-            self._store = VoxelStore.open(self.path)
         k = self.frames[i]
-        fr = self._store[k]
+        fr = self.store[k]
         index = {n: j for j, n in enumerate(self.class_names)}
         det = np.array([index.get(self.class_map.get(n, ""), -1) for n in fr.box_names], dtype=np.int64)
         keep = (det >= 0) & (fr.box_num_points > 0)

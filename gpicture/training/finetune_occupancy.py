@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from gpicture.data.occupancy_targets import (
     OccupancyGridSpec,
@@ -23,6 +22,7 @@ from gpicture.data.occupancy_targets import (
     frame_ground_truth,
     frames_with_ground_truth,
 )
+from gpicture.data.dataset import VoxelStoreDataset
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.occupancy import OccupancyBatch, Occupier
@@ -88,7 +88,7 @@ class OccupancySettings:
                    flip_y=bool(a.get("flip_y", False)))
 
 
-class OccupancyDataset(Dataset):
+class OccupancyDataset(VoxelStoreDataset):
     """Frames of a store with their dense occupancy target on ``grid``; with ``augment`` the
     seeded (seed, epoch, frame) flips of :class:`OccupancySettings` are applied. ``frames`` None:
     the frames with ground truth; ``targets`` False (prediction): no target is built."""
@@ -96,7 +96,7 @@ class OccupancyDataset(Dataset):
     def __init__(self, store: str | Path, feature_names: list[str], grid: OccupancyGridSpec,
                  frames: list[int] | None = None, augment: bool = False, flip_x: bool = False, flip_y: bool = False,
                  seed: int = 0, targets: bool = True) -> None:
-        self.path = Path(store)
+        super().__init__(store, frames)  # path, frames, a store opened lazily in each worker
         src = VoxelStore.open(self.path)
         self.attrs = src.attrs
         self.dataset = str(src.attrs["dataset"])
@@ -107,19 +107,10 @@ class OccupancyDataset(Dataset):
         self.flip_x, self.flip_y = augment and flip_x, augment and flip_y
         self.seed, self.epoch = seed, 0
         self.targets = targets
-        self._store: VoxelStore | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
     def __getitem__(self, i: int) -> dict:
-        if self._store is None:
-            self._store = VoxelStore.open(self.path)
         k = self.frames[i]
-        fr = self._store[k]
+        fr = self.store[k]
         if self.targets:
             rows = frame_ground_truth(fr, self.dataset, self.grid)
             if rows is None:

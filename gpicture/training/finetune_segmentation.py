@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from gpicture.data.dataset import VoxelStoreDataset
 from gpicture.data.store import StoreFrame, VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.segmentation import IGNORE, SegmentationBatch, Segmenter
@@ -111,7 +111,7 @@ def segmented_count(frame: StoreFrame, dataset: str) -> int:
     return k
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(VoxelStoreDataset):
     """Frames of a store with per-point training labels, augmented (training) then voxelized
     on the store's canonical grid. With ``labelled_only`` (training) only the labelled points
     are segmented (the others cannot contribute to the loss, and Waymo labels one lidar of
@@ -119,30 +119,20 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, store: str | Path, feature_names: list[str], frames: list[int] | None = None,
                  augment_cfg: AugmentConfig | None = None, seed: int = 0, labelled_only: bool = False) -> None:
-        self.path = Path(store)
+        super().__init__(store, frames)  # path, frames, a store opened lazily in each worker
         src = VoxelStore.open(self.path)
         self.attrs = src.attrs
         self.dataset = str(src.attrs["dataset"])
         self.class_names, self.lut = segmentation_classes(self.dataset, src.attrs)
         self.grid = VoxelGrid(tuple(src.attrs["point_cloud_range"]), tuple(src.attrs["voxel_size"]))
-        self.frames = list(range(len(src))) if frames is None else list(frames)
         self.feature_names = list(feature_names)
         self.augment_cfg, self.seed = augment_cfg, seed
         self.labelled_only = labelled_only
         self.epoch = 0
-        self._store: VoxelStore | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
     def __getitem__(self, i: int) -> dict:
-        if self._store is None:
-            self._store = VoxelStore.open(self.path)
         k = self.frames[i]
-        fr = self._store[k]
+        fr = self.store[k]
         n_seg = segmented_count(fr, self.dataset)
         seg = fr.seg_labels[:n_seg] if fr.seg_labels is not None else np.full(n_seg, UNLABELLED, np.uint8)
         labels = self.lut[seg]

@@ -1,0 +1,96 @@
+"""The whole DVC pipeline end to end on tiny parameters, in a copy of the repository:
+`dvc repro` runs every stage (synth -> convert -> teacher -> pretrain (+ ablation) ->
+finetune -> evaluate -> the study and its report), a second `dvc repro` has nothing to do,
+and `dvc exp run -S pretrain...` re-runs pre-training and what depends on it, nothing else,
+with `dvc exp show` listing both runs' metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = {"d_model": 32, "vfe_filters": [32, 32], "dim_feedforward": 48, "set_size": 24}
+
+
+def _tiny_params(params: dict) -> dict:
+    s = params["synth"]
+    s["nuscenes"].update(scenes=3, frames=2, sweeps_before=1, occupancy=True)
+    s["waymo"].update(scenes=2, frames=2, label_every=1)
+    for d in ("nuscenes", "waymo"):
+        params["model"]["profiles"]["small"][d].update(TINY_MODEL)
+    params["teacher"]["batch_frames"] = 2
+    params["pretrain"].update(epochs=3)
+    for task in ("detection", "segmentation", "occupancy"):
+        params["finetune"][task]["epochs"] = 1
+    return params
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _stages_run(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, venv_bin) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        if f == "dvc.lock" or not (REPO / f).is_file():
+            continue
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, root / f)
+    params = _tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        _run(cmd, root, env)
+    return root, env
+
+
+def test_dvc_repro_runs_every_stage_then_nothing_and_exp_run_reruns_only_pretrain_dependents(project) -> None:
+    root, env = project
+    stages = set(_run(["dvc", "stage", "list", "--name-only"], root, env).split())
+    assert len(stages) > 30
+    log = _run(["dvc", "repro"], root, env)
+    ran = _stages_run(log)
+    assert ran == stages, sorted(stages - ran)
+    for d in ("nuscenes", "waymo"):
+        det = json.loads((root / "metrics" / d / "detection.json").read_text())
+        assert ("mAP" in det) if d == "nuscenes" else ("mAP_L1" in det)
+        for task in ("segmentation", "occupancy"):
+            assert "mIoU" in json.loads((root / "metrics" / d / f"{task}.json").read_text())
+    table = (root / "reports" / "study.md").read_text()
+    assert "scratch" in table and "25% labels" in table and "w/o teacher" in table
+    assert (root / "reports" / "study.png").stat().st_size > 10_000
+
+    again = _run(["dvc", "repro"], root, env)
+    assert not _stages_run(again) and "up to date" in again
+
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "baseline"], root, env)
+    exp = _run(["dvc", "exp", "run", "-S", "pretrain.lr=0.004"], root, env)
+    reran = _stages_run(exp)
+    untouched = {s for s in stages if s.startswith(("synth@", "convert_", "teacher@", "study_scratch@"))}
+    assert not reran & untouched, sorted(reran & untouched)
+    assert {"pretrain@nuscenes", "pretrain@waymo", "pretrain_ablation", "study_report", "figures@nuscenes"} <= reran
+    assert {s for s in stages if s.startswith(("finetune@", "evaluate@", "study_gpicture@", "study_noteacher@"))} <= reran
+
+    show = _run(["dvc", "exp", "show", "--json"], root, env)
+    json.loads(show)
+    # the baseline and the experiment, each with its pretrain.lr and its metrics
+    assert "0.005" in show and "0.004" in show and "metrics/nuscenes/detection.json" in show
