@@ -30,6 +30,7 @@ def _tiny_params(params: dict) -> dict:
     params["pretrain"].update(epochs=3)
     for task in ("detection", "segmentation", "occupancy"):
         params["finetune"][task]["epochs"] = 1
+    params["study"]["fractions"] = {"gpicture": [0.5], "scratch": [1.0]}  # every study stage kind, fewer rows
     return params
 
 
@@ -62,10 +63,11 @@ def project(tmp_path_factory, venv_bin) -> tuple[Path, dict]:
     return root, env
 
 
+@pytest.mark.timeout(1800)
 def test_dvc_repro_runs_every_stage_then_nothing_and_exp_run_reruns_only_pretrain_dependents(project) -> None:
     root, env = project
     stages = set(_run(["dvc", "stage", "list", "--name-only"], root, env).split())
-    assert len(stages) > 30
+    assert len(stages) > 25
     log = _run(["dvc", "repro"], root, env)
     ran = _stages_run(log)
     assert ran == stages, sorted(stages - ran)
@@ -75,7 +77,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_and_exp_run_reruns_only_pretrai
         for task in ("segmentation", "occupancy"):
             assert "mIoU" in json.loads((root / "metrics" / d / f"{task}.json").read_text())
     table = (root / "reports" / "study.md").read_text()
-    assert "scratch" in table and "25% labels" in table and "w/o teacher" in table
+    assert "scratch" in table and "50% labels" in table and "w/o teacher" in table
     assert (root / "reports" / "study.png").stat().st_size > 10_000
 
     again = _run(["dvc", "repro"], root, env)
