@@ -91,3 +91,18 @@ def collate_frames(frames: list[StoreFrame], feature_names: list[str] | None = N
         box_names=[f.box_names for f in frames],
         frame_index=torch.tensor([f.index for f in frames], dtype=torch.int64),
     )
+
+
+def stack_voxelized(items: list[dict]) -> dict[str, torch.Tensor]:
+    """The shared part of every task's collate: frames' ``points``, ``features``, ``coords``
+    (V, 3) z, y, x and ``point_voxel`` concatenated into one batch, voxel rows getting their
+    batch index and each frame's ``point_voxel`` the offset of its voxels (-1 stays -1)."""
+    n_vox = [len(it["coords"]) for it in items]
+    off = np.concatenate([[0], np.cumsum(n_vox)[:-1]]).astype(np.int64)
+    pv = np.concatenate([np.where(it["point_voxel"] >= 0, it["point_voxel"].astype(np.int64) + o, -1)
+                         for it, o in zip(items, off, strict=True)])
+    coords = np.concatenate([np.column_stack([np.full(len(it["coords"]), b, np.int32), it["coords"]])
+                             for b, it in enumerate(items)])
+    return {"points": torch.from_numpy(np.concatenate([it["points"] for it in items]).astype(np.float32)),
+            "features": torch.from_numpy(np.concatenate([it["features"] for it in items])),
+            "point_voxel": torch.from_numpy(pv), "voxel_coords": torch.from_numpy(coords.astype(np.int32))}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gpicture.data.dataset import VoxelStoreDataset
+from gpicture.data.dataset import VoxelStoreDataset, stack_voxelized
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.training.augment import AugmentConfig, augment
@@ -112,16 +112,8 @@ class DetectionDataset(VoxelStoreDataset):
 
 
 def collate_detection(items: list[dict]) -> DetectionBatch:
-    n_vox = [len(it["coords"]) for it in items]
-    off = np.concatenate([[0], np.cumsum(n_vox)[:-1]])
-    pv = np.concatenate([np.where(it["point_voxel"] >= 0, it["point_voxel"].astype(np.int64) + o, -1)
-                         for it, o in zip(items, off, strict=True)])
-    coords = np.concatenate([np.column_stack([np.full(len(it["coords"]), b, np.int32), it["coords"]])
-                             for b, it in enumerate(items)])
     return DetectionBatch(
-        points=torch.from_numpy(np.concatenate([it["points"] for it in items]).astype(np.float32)),
-        features=torch.from_numpy(np.concatenate([it["features"] for it in items])),
-        point_voxel=torch.from_numpy(pv), voxel_coords=torch.from_numpy(coords.astype(np.int32)),
+        **stack_voxelized(items),
         boxes=[torch.from_numpy(it["boxes"].astype(np.float32)) for it in items],
         labels=[torch.from_numpy(it["labels"]) for it in items],
         velocity=[torch.from_numpy(it["velocity"].astype(np.float32)) for it in items],

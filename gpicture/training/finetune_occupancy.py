@@ -22,7 +22,7 @@ from gpicture.data.occupancy_targets import (
     frame_ground_truth,
     frames_with_ground_truth,
 )
-from gpicture.data.dataset import VoxelStoreDataset
+from gpicture.data.dataset import VoxelStoreDataset, stack_voxelized
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.occupancy import OccupancyBatch, Occupier
@@ -139,16 +139,8 @@ class OccupancyDataset(VoxelStoreDataset):
 
 def collate_occupancy(items: list[dict]) -> OccupancyBatch:
     """Concatenate frames: voxel rows get their batch index, point_voxel its offset."""
-    n_vox = [len(it["coords"]) for it in items]
-    off = np.concatenate([[0], np.cumsum(n_vox)[:-1]])
-    pv = np.concatenate([np.where(it["point_voxel"] >= 0, it["point_voxel"].astype(np.int64) + o, -1)
-                         for it, o in zip(items, off, strict=True)])
-    coords = np.concatenate([np.column_stack([np.full(len(it["coords"]), b, np.int32), it["coords"]])
-                             for b, it in enumerate(items)])
     return OccupancyBatch(
-        points=torch.from_numpy(np.concatenate([it["points"] for it in items]).astype(np.float32)),
-        features=torch.from_numpy(np.concatenate([it["features"] for it in items])),
-        point_voxel=torch.from_numpy(pv), voxel_coords=torch.from_numpy(coords.astype(np.int32)),
+        **stack_voxelized(items),
         target=torch.from_numpy(np.stack([it["target"] for it in items])),
         frame_index=torch.tensor([it["index"] for it in items]), batch_size=len(items))
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpicture.data.dataset import VoxelStoreDataset
+from gpicture.data.dataset import VoxelStoreDataset, stack_voxelized
 from gpicture.data.store import StoreFrame, VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.segmentation import IGNORE, SegmentationBatch, Segmenter
@@ -151,20 +151,12 @@ class SegmentationDataset(VoxelStoreDataset):
 
 def collate_segmentation(items: list[dict]) -> SegmentationBatch:
     """Concatenate frames: voxel rows offset per frame, batch index prepended to the coords."""
-    n_vox = np.array([len(it["coords"]) for it in items])
     n_pts = np.array([len(it["points"]) for it in items])
-    v_off = np.concatenate([[0], np.cumsum(n_vox)[:-1]])
     p_off = np.concatenate([[0], np.cumsum(n_pts)[:-1]])
-    pv = np.concatenate([np.where(it["point_voxel"] >= 0, it["point_voxel"].astype(np.int64) + o, -1)
-                         for it, o in zip(items, v_off, strict=True)])
-    coords = np.concatenate([np.column_stack([np.full(len(it["coords"]), b, np.int32), it["coords"]])
-                             for b, it in enumerate(items)])
     seg_index = np.concatenate([o + it["seg_rows"].astype(np.int64) for it, o in zip(items, p_off, strict=True)])
     seg_ptr = np.concatenate([[0], np.cumsum([len(it["seg_rows"]) for it in items])]).astype(np.int64)
     return SegmentationBatch(
-        points=torch.from_numpy(np.concatenate([it["points"] for it in items]).astype(np.float32)),
-        features=torch.from_numpy(np.concatenate([it["features"] for it in items])),
-        point_voxel=torch.from_numpy(pv), voxel_coords=torch.from_numpy(coords.astype(np.int32)),
+        **stack_voxelized(items),
         seg_index=torch.from_numpy(seg_index), labels=torch.from_numpy(np.concatenate([it["labels"] for it in items])),
         seg_ptr=torch.from_numpy(seg_ptr), frame_index=torch.tensor([it["index"] for it in items]),
         batch_size=len(items))
