@@ -18,7 +18,7 @@ from pyquaternion import Quaternion
 
 from gpicture.synth.nuscenes_writer import ground_truth_submission, write_nuscenes
 from gpicture.synth.records import NuscenesScene, NuscenesSweep, ObjectStates
-from gpicture.synth.taxonomy import NUSCENES_INDEX
+from gpicture.data.taxonomy import NUSCENES_INDEX
 
 VERSION = "v1.0-trainval"
 SPLITS = create_splits_scenes()

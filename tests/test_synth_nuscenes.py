@@ -15,7 +15,7 @@ from nuscenes.utils.splits import create_splits_scenes
 
 from gpicture.synth.generate import SynthConfig, generate_nuscenes
 from gpicture.synth.nuscenes_writer import ground_truth_submission
-from gpicture.synth.taxonomy import NUSCENES_RAW_TO_16
+from gpicture.data.taxonomy import NUSCENES_RAW_TO_16
 
 VERSION = "v1.0-mini"
 

@@ -20,7 +20,7 @@ from typing import Any
 from gpicture.data.frame import RawFrame
 from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.synth.taxonomy import NUSCENES_CATEGORIES, WAYMO_SEG_CLASSES
+from gpicture.data.taxonomy import NUSCENES_CATEGORIES, WAYMO_SEG_CLASSES
 
 WAYMO_BOX_TYPES = ["TYPE_UNKNOWN", "TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_SIGN", "TYPE_CYCLIST"]
 NUSCENES_FEATURES = ["intensity", "ring", "time_lag"]

@@ -28,7 +28,8 @@ from gpicture.synth.sensors import (
     waymo_labels,
     waymo_lidars,
 )
-from gpicture.synth.taxonomy import OBJECT_CLASSES, WAYMO_TYPE_CYCLIST
+from gpicture.data.taxonomy import WAYMO_TYPE_CYCLIST
+from gpicture.synth.taxonomy import OBJECT_CLASSES
 from gpicture.synth.waymo_writer import vehicle_frame_boxes, write_segment
 from gpicture.synth.world import Scene, make_scene
 

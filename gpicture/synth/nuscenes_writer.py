@@ -38,12 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from gpicture.synth.records import NuscenesScene, NuscenesSweep
-from gpicture.synth.taxonomy import (
-    NUSCENES_ATTRIBUTES,
-    NUSCENES_CATEGORIES,
-    NUSCENES_VISIBILITY,
-    OBJECT_CLASSES,
-)
+from gpicture.data.taxonomy import NUSCENES_ATTRIBUTES, NUSCENES_CATEGORIES, NUSCENES_VISIBILITY
+from gpicture.synth.taxonomy import OBJECT_CLASSES
 
 CHANNEL = "LIDAR_TOP"
 

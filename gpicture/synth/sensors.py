@@ -14,12 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpicture.synth.raycast import Boxes, Hits, cast
-from gpicture.synth.taxonomy import (
-    KIND_REFLECTIVITY,
-    KIND_TO_NUSCENES,
-    KIND_TO_WAYMO_SEG,
-    KIND_TRANSPARENCY,
-)
+from gpicture.synth.taxonomy import KIND_REFLECTIVITY, KIND_TO_NUSCENES, KIND_TO_WAYMO_SEG, KIND_TRANSPARENCY
 from gpicture.synth.world import CURB_H, Scene
 
 

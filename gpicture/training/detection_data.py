@@ -27,7 +27,7 @@ def detection_classes(dataset: str) -> tuple[list[list[str]], dict[str, str]]:
     """(tasks, raw category -> detection class) of a dataset."""
     if dataset == "nuscenes":
         from gpicture.eval.nuscenes_detection import category_to_detection
-        from gpicture.synth.taxonomy import NUSCENES_CATEGORIES
+        from gpicture.data.taxonomy import NUSCENES_CATEGORIES
 
         mapping = {c: d for c in NUSCENES_CATEGORIES if (d := category_to_detection(c)) is not None}
         return NUSCENES_TASKS, mapping

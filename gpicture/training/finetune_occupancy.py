@@ -48,7 +48,7 @@ def occupancy_classes(dataset: str, store_attrs: dict[str, Any]) -> list[str]:
     """Names of labels 1..K: nuScenes' 16 lidarseg evaluation classes (devkit names), or the
     Waymo segmentation classes of the store (UNDEFINED excluded)."""
     if dataset == "nuscenes":
-        from gpicture.synth.taxonomy import LIDARSEG16
+        from gpicture.data.taxonomy import LIDARSEG16
 
         return list(LIDARSEG16[1:])
     if dataset == "waymo":
