@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from gpicture.data.convert import ConvertConfig, convert
-from gpicture.data.dataset import collate_frames
+from gpicture.data.batch import collate_frames
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.models.student import Student, StudentConfig

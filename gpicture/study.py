@@ -11,6 +11,9 @@ import json
 import re
 from pathlib import Path
 
+from gpicture.atomic import write_file_atomic
+from gpicture.viz.study import plot_study
+
 INIT_ORDER = ("gpicture", "scratch", "noteacher")
 INIT_LABELS = {"gpicture": "GPICTURE", "scratch": "scratch", "noteacher": "GPICTURE w/o teacher targets"}
 _RUN = re.compile(r"^(?P<init>[a-z]+)-(?P<fraction>[0-9.]+)\.json$")
@@ -65,8 +68,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_report(metrics_dir: Path, out_dir: Path, dataset: str, task_metrics: dict[str, str]) -> list[dict]:
     """Write ``out_dir/study.md`` and ``out_dir/study.png``; returns the rows."""
-    from gpicture.atomic import write_file_atomic
-    from gpicture.viz.study import plot_study
 
     rows = collect_rows(metrics_dir, dataset, task_metrics)
     out_dir = Path(out_dir)

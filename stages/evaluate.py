@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 
 from gpicture.atomic import write_file_atomic
+from gpicture.data.spec import DATASETS, dataset_spec
+from gpicture.data.store import VoxelStore
+from gpicture.eval.predictions import RawSource
 from gpicture.params import ParamsError, load_section
-from stages.finetune import Task
+from gpicture.tasks.base import TaskName
+from gpicture.training.finetune import load_model, predict
+from stages.finetune import task_for
 
 
 def evaluate(
-    task: Task = typer.Option(  # type: ignore[valid-type]
-        ..., help="The downstream task."),
-    dataset: str = typer.Option(..., help="nuscenes or waymo."),
+    task: TaskName = typer.Option(..., help="The downstream task."),
+    dataset: str = typer.Option(..., help=" or ".join(DATASETS) + "."),
     model: Path | None = typer.Option(None, help="Fine-tuned model (default: models/<task>/<dataset>/model.pt)."),
     predictions: Path | None = typer.Option(None, help="Score these predictions instead of running the model: detection: "
                                                        "a nuScenes submission JSON / Waymo metrics_pb2.Objects file; "
@@ -28,27 +33,26 @@ def evaluate(
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Evaluate on the val split with the dataset's official metric and write the metrics."""
-    from gpicture.eval.detection import NuScenesSource
-    from gpicture.tasks import PREDICT, SCORE
-
     err = Console(stderr=True)
     store = store or Path(f"data/zarr/{dataset}/val.zarr")
     out = out or Path(f"metrics/{dataset}/{task.value}.json")
     try:
-        if dataset not in ("nuscenes", "waymo"):
-            raise ParamsError(f"--dataset must be nuscenes or waymo, not {dataset!r}")
+        spec = dataset_spec(dataset)
         sec = load_section(params, "evaluate", task.value)
-        source = None
-        if dataset == "nuscenes":
-            conv = load_section(params, "convert", "nuscenes")
-            source = NuScenesSource(Path(conv["root"]), str(conv["version"]), str(conv["splits"]["val"]))
+        conv = load_section(params, "convert", dataset)  # where the official tools find the raw split
+        source = RawSource(Path(conv["root"]), str(conv.get("version", "")), str(conv["splits"]["val"]))
+        impl = task_for(task, score_threshold=float(sec.get("score_threshold", 0.05)))
         report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
         if predictions is None:
-            model = model or Path(f"models/{task.value}/{dataset}/model.pt")
-            written = PREDICT[task.value](dataset, model, store, report_dir, sec, source)
+            src = VoxelStore.open(store)
+            net = load_model(impl, model or Path(f"models/{task.value}/{dataset}/model.pt"), spec, src.attrs)
+            if torch.cuda.is_available():
+                net = net.cuda()
+            written = impl.write(spec, predict(impl, net, store, int(sec.get("batch_size", 2))), store, report_dir,
+                                 source)
             predictions = written.path
             err.print(f"wrote {predictions}: {written.count} {written.unit}")
-        metrics = SCORE[task.value](dataset, predictions, store, report_dir, source)
+        metrics = impl.score(spec, predictions, store, report_dir, source)
     except (ParamsError, KeyError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

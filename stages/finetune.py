@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import logging
-from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from gpicture.data.spec import DATASETS, dataset_spec
 from gpicture.params import ParamsError, load_section, model_profile, with_profile
-from gpicture.tasks import FINETUNE, TASKS
+from gpicture.tasks.base import EvaluatedTask, TaskName
+from gpicture.tasks.detection.task import DetectionTask
+from gpicture.tasks.occupancy import OccupancyTask
+from gpicture.tasks.segmentation import SegmentationTask
 from gpicture.training.engine import TrainConfig, setup_distributed
-from gpicture.training.finetune_common import resolve_init
+from gpicture.training.finetune import FinetuneRun, resolve_init
+from gpicture.training.finetune import finetune as run_finetune
 
-Task = Enum("Task", {t: t for t in TASKS}, type=str)  # the tasks gpicture.tasks implements
+
+def task_for(name: TaskName, score_threshold: float = 0.1) -> EvaluatedTask:
+    """The task a stage runs (``score_threshold``: detection's, at inference)."""
+    match name:
+        case TaskName.detection:
+            return DetectionTask(score_threshold=score_threshold)
+        case TaskName.segmentation:
+            return SegmentationTask()
+        case TaskName.occupancy:
+            return OccupancyTask()
 
 
 def finetune(
-    task: Task = typer.Option(  # type: ignore[valid-type]
-        ..., help="The downstream task."),
-    dataset: str = typer.Option(..., help="nuscenes or waymo."),
+    task: TaskName = typer.Option(..., help="The downstream task."),
+    dataset: str = typer.Option(..., help=" or ".join(DATASETS) + "."),
     init: str | None = typer.Option(None, help="pretrained, scratch, or a student.pt path (params: finetune.init)."),
     label_fraction: float | None = typer.Option(None, help="Fraction of labelled frames (params: finetune.label_fraction)."),
     store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/train.zarr)."),
@@ -33,14 +45,15 @@ def finetune(
     For several processes: torchrun --nproc_per_node N $(which gpicture) finetune ..."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     err = Console(stderr=True)
+    impl = task_for(task)
     try:
-        if dataset not in ("nuscenes", "waymo"):
-            raise ParamsError(f"--dataset must be nuscenes or waymo, not {dataset!r}")
+        spec = dataset_spec(dataset)
         profile, prof = model_profile(params, dataset)
         common = load_section(params, "finetune")
         sec = with_profile(load_section(params, "finetune", task.value), profile, dataset)
         sec.setdefault("seed", common.get("seed", 0))
         cfg = TrainConfig.from_params(sec, epochs)
+        settings = impl.settings(sec, spec)
         init_path = resolve_init(str(init or common.get("init", "pretrained")), dataset)
         fraction = float(label_fraction if label_fraction is not None else common.get("label_fraction", 1.0))
         store = store or Path(f"data/zarr/{dataset}/train.zarr")
@@ -50,7 +63,8 @@ def finetune(
         raise typer.Exit(2) from None
     dist = setup_distributed()
     try:
-        metrics = FINETUNE[task.value](dataset, prof, store, out, cfg, dist, init_path, fraction, sec, resume)
+        metrics = run_finetune(impl, settings, FinetuneRun(spec, prof, store, out, cfg, dist, init_path, fraction,
+                                                           resume=resume))
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

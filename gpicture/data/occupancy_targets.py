@@ -2,18 +2,18 @@
 
 Rows follow nuScenes-Occupancy (OpenOccupancy): ``(K, 4)`` integers ``z, y, x, label`` of the
 occupied voxels, label 1..C (the dataset's classes; 0 is "empty" and never appears in a row).
-:data:`IGNORE` (255) marks voxels known to be occupied by something unlabelled: they are
+:data:`~gpicture.data.spec.OCCUPANCY_IGNORE` (255) marks voxels known to be occupied by something unlabelled: they are
 skipped by the loss and the metrics.
 
 - nuScenes: the store's occupancy rows on the 0.2 m OpenOccupancy grid are downsampled to the
   run's grid (an integer factor per axis, same range). A coarse voxel takes the most frequent
   label among its occupied fine voxels whose label is 1..16 (ties: the smallest label, so the
-  result is deterministic); one whose fine voxels are all "noise" (label 0) is IGNORE; one
+  result is deterministic); one whose fine voxels are all "noise" (label 0) is OCCUPANCY_IGNORE; one
   without occupied fine voxels is empty. The majority vote keeps thin classes (poles, cones) from
   vanishing the way a "max label" or "any object wins" rule would bias them in.
 - Waymo (no occupancy files): the voxels of the grid that contain labelled points (seg labels
   1..22) take their points' majority label; voxels whose points are all UNDEFINED (0) are
-  IGNORE; points without labels (255) are dropped. Only frames with segmentation labels have
+  OCCUPANCY_IGNORE; points without labels (255) are dropped. Only frames with segmentation labels have
   ground truth (every 5th frame in the real data).
 
 Everything is vectorized with ``np.unique`` / ``np.lexsort`` over rows: no Python loop over
@@ -27,11 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from gpicture.data.spec import (
+    OCCUPANCY_IGNORE,
+    UNLABELLED,
+    DatasetSpec,
+    OccupancyTruth,
+    dataset_spec,
+)
 from gpicture.data.store import StoreFrame, VoxelStore
 
-IGNORE = 255
 EMPTY = 0
-UNLABELLED_POINT = 255  # the store's "no label" value for points
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ OPENOCCUPANCY_GRID = OccupancyGridSpec((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0
 def majority_rows(cells: np.ndarray, labels: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndarray:
     """Votes ``labels`` (n,) cast into flat ``cells`` (n,) -> rows (K, 4) int16 z, y, x, label, one
     per voxel with a vote, sorted by flat index. The label is the most frequent vote >= 1 (ties: the
-    smallest); a voxel whose votes are all 0 gets IGNORE."""
+    smallest); a voxel whose votes are all 0 gets OCCUPANCY_IGNORE."""
     cells = np.asarray(cells, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     if len(cells) == 0:
@@ -107,7 +112,7 @@ def majority_rows(cells: np.ndarray, labels: np.ndarray, shape_zyx: tuple[int, i
     cell, lab, real = cell[order], lab[order], real[order]
     first = np.ones(len(cell), dtype=bool)
     first[1:] = cell[1:] != cell[:-1]
-    cell, lab = cell[first], np.where(real[first], lab[first], IGNORE)
+    cell, lab = cell[first], np.where(real[first], lab[first], OCCUPANCY_IGNORE)
     _, ny, nx = shape_zyx
     z, rem = np.divmod(cell, ny * nx)
     y, x = np.divmod(rem, nx)
@@ -136,18 +141,18 @@ def downsample_rows(rows: np.ndarray, fine: OccupancyGridSpec, coarse: Occupancy
 
 def point_rows(points: np.ndarray, labels: np.ndarray, grid: OccupancyGridSpec) -> np.ndarray:
     """Labelled points (N, 3) m with labels (N,) (1..C, 0 undefined, 255 none) -> rows (K, 4) on
-    ``grid``: voxels holding points labelled 0..C, majority label (all-0 voxels IGNORE)."""
+    ``grid``: voxels holding points labelled 0..C, majority label (all-0 voxels OCCUPANCY_IGNORE)."""
     lo = np.asarray(grid.point_cloud_range[:3], dtype=np.float64)
     nz, ny, nx = grid.shape_zyx
     ijk = np.floor((np.asarray(points, dtype=np.float64) - lo) / np.asarray(grid.voxel_size)).astype(np.int64)
     labels = np.asarray(labels).astype(np.int64)
-    ok = (labels != UNLABELLED_POINT) & (ijk >= 0).all(1) & (ijk[:, 0] < nx) & (ijk[:, 1] < ny) & (ijk[:, 2] < nz)
+    ok = (labels != UNLABELLED) & (ijk >= 0).all(1) & (ijk[:, 0] < nx) & (ijk[:, 1] < ny) & (ijk[:, 2] < nz)
     ijk, labels = ijk[ok], labels[ok]
     return majority_rows((ijk[:, 2] * ny + ijk[:, 1]) * nx + ijk[:, 0], labels, (nz, ny, nx))
 
 
 def dense_target(rows: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndarray:
-    """Rows (K, 4) -> (nz, ny, nx) uint8 labels (0 empty, IGNORE kept)."""
+    """Rows (K, 4) -> (nz, ny, nx) uint8 labels (0 empty, OCCUPANCY_IGNORE kept)."""
     out = np.zeros(shape_zyx, dtype=np.uint8)
     r = np.asarray(rows, dtype=np.int64)
     out[r[:, 0], r[:, 1], r[:, 2]] = r[:, 3]
@@ -160,16 +165,16 @@ def dense_to_rows(labels: np.ndarray) -> np.ndarray:
     return np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]]).astype(np.int16)
 
 
-def frame_ground_truth(frame: StoreFrame, dataset: str, grid: OccupancyGridSpec) -> np.ndarray | None:
+def frame_ground_truth(frame: StoreFrame, spec: DatasetSpec, grid: OccupancyGridSpec) -> np.ndarray | None:
     """Ground-truth rows of a store frame on ``grid``; None where it has none (no occupancy rows
     for nuScenes, no segmentation labels for Waymo)."""
-    if dataset == "nuscenes":
+    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:
         occ = frame.occupancy
         if occ is None or len(occ) == 0:
             return None
         return downsample_rows(occ, OPENOCCUPANCY_GRID, grid)
     seg = frame.seg_labels
-    if seg is None or not (seg != UNLABELLED_POINT).any():
+    if seg is None or not (seg != UNLABELLED).any():
         return None
     return point_rows(frame.points, seg, grid)
 
@@ -182,11 +187,11 @@ def frames_with_ground_truth(store: VoxelStore) -> list[int]:
     """
     # The store exposes no per-frame "has labels" query yet: its CSR pointers and label reader are used.
     ptr = store._ptr
-    if store.attrs["dataset"] == "nuscenes":
+    if dataset_spec(store.attrs["dataset"]).occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:
         if not store.attrs.get("has_occupancy") or store._occ is None:
             return []
         return np.flatnonzero(np.diff(ptr["occ"]) > 0).tolist()
     if store._seg is None:
         return []
     p = ptr["point"]
-    return [i for i in range(len(store)) if (store._seg(p[i], p[i + 1]) != UNLABELLED_POINT).any()]
+    return [i for i in range(len(store)) if (store._seg(p[i], p[i + 1]) != UNLABELLED).any()]

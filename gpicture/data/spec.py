@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from gpicture.data.taxonomy import LIDARSEG16, NUSCENES_CATEGORIES, WAYMO_BOX_TYPES, WAYMO_SEG_CLASSES
+from gpicture.data.taxonomy import (
+    LIDARSEG16,
+    NUSCENES_CATEGORIES,
+    WAYMO_BOX_TYPES,
+    WAYMO_SEG_CLASSES,
+)
 
 UNLABELLED = 255
 IGNORE_INDEX = -100
@@ -66,7 +71,8 @@ class DatasetSpec:
     segmentation_format: SegmentationFormat
     occupancy_truth: OccupancyTruth
     keyframe_points_only: bool  # segment only the keyframe points (time_lag 0), the sweeps feed the encoder
-    file_safe_ids: bool  # frame ids are usable as file names as they are
+    occupancy_files_by_lidar_token: bool  # occupancy files are named by the LIDAR_TOP token (else the frame id)
+    has_range_images: bool  # its raw LiDAR comes as range images (the range view)
 
     @property
     def detection_classes(self) -> list[str]:
@@ -116,6 +122,17 @@ class DatasetSpec:
         lut[:len(raw)] = np.arange(len(raw))
         return raw, lut
 
+    def segmented_count(self, frame: Any) -> int:
+        """How many leading points of a store frame are segmented: with ``keyframe_points_only``
+        the keyframe's (``time_lag == 0``, which the reader writes first), otherwise all."""
+        if not self.keyframe_points_only:
+            return len(frame.points)
+        key = frame.features["time_lag"] == 0
+        k = int(key.sum())
+        if not key[:k].all():
+            raise ValueError(f"{self.name} frame {frame.frame_id}: keyframe points (time_lag 0) are not the first points")
+        return k
+
     def occupancy_classes(self, store_classes: list[str]) -> list[str]:
         """Names of occupancy labels 1..K: nuScenes' 16 lidarseg evaluation classes (devkit
         names), or the Waymo segmentation classes of the store (UNDEFINED excluded)."""
@@ -145,7 +162,8 @@ NUSCENES = DatasetSpec(
     segmentation_format=SegmentationFormat.NUSCENES_LIDARSEG,
     occupancy_truth=OccupancyTruth.OCCUPANCY_ROWS,
     keyframe_points_only=True,
-    file_safe_ids=True,
+    occupancy_files_by_lidar_token=True,
+    has_range_images=False,
 )
 WAYMO = DatasetSpec(
     name="waymo",
@@ -157,7 +175,8 @@ WAYMO = DatasetSpec(
     segmentation_format=SegmentationFormat.WAYMO_BINS,
     occupancy_truth=OccupancyTruth.POINT_LABELS,
     keyframe_points_only=False,
-    file_safe_ids=False,
+    occupancy_files_by_lidar_token=False,
+    has_range_images=True,
 )
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (NUSCENES, WAYMO)}
 

@@ -20,23 +20,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gpicture.atomic import move_into_place, temp_sibling, write_file_atomic
 from gpicture.data.occupancy_targets import (
-    IGNORE,
     OPENOCCUPANCY_GRID,
     OccupancyGridSpec,
     dense_to_rows,
     frame_ground_truth,
     frames_with_ground_truth,
 )
+from gpicture.data.spec import OCCUPANCY_IGNORE, DatasetSpec, OccupancyTruth
 from gpicture.data.store import VoxelStore
-from gpicture.eval.detection import NuScenesSource, _finite
+from gpicture.eval.predictions import OccupancyPrediction, RawSource, finite
 
 PREDICTIONS_FOLDER = "occupancy"  # write_predictions writes report_dir / PREDICTIONS_FOLDER
 META = "meta.json"
@@ -69,12 +69,12 @@ def nuscenes_lidar_tokens(root: Path, version: str) -> dict[str, str]:
             if sd["is_key_frame"] and sd["calibrated_sensor_token"] in cs}
 
 
-def _file_names(dataset: str, store: VoxelStore, frame_ids: list[str], nuscenes: NuScenesSource | None) -> list[str]:
-    if dataset == "waymo":
+def _file_names(spec: DatasetSpec, store: VoxelStore, frame_ids: list[str], source: RawSource | None) -> list[str]:
+    if not spec.occupancy_files_by_lidar_token:
         names = [waymo_file_name(f) for f in frame_ids]
     else:
-        root = nuscenes.root if nuscenes is not None else Path(store.attrs["source_root"])
-        version = nuscenes.version if nuscenes is not None else str(store.attrs["version"])
+        root = source.root if source is not None else Path(store.attrs["source_root"])
+        version = source.version if source is not None else str(store.attrs["version"])
         tokens = nuscenes_lidar_tokens(root, version)
         missing = [f for f in frame_ids if f not in tokens]
         if missing:
@@ -85,30 +85,30 @@ def _file_names(dataset: str, store: VoxelStore, frame_ids: list[str], nuscenes:
     return names
 
 
-def write_predictions(dataset: str, model: Path, store: Path, report_dir: Path, batch_size: int = 2,
-                      nuscenes: NuScenesSource | None = None) -> int:
-    """Run the fine-tuned occupancy ``model`` over the frames of ``store`` that have ground truth
-    and write ``report_dir/occupancy/`` (files + ``meta.json``; the folder appears complete or
-    not at all). nuScenes file names come from the raw tables of ``nuscenes`` (default: the
-    store's ``source_root`` / ``version``). Returns the number of frames written."""
-    from gpicture.training.finetune_occupancy import load_occupancy_model, predict
-
+def write_occupancy(spec: DatasetSpec, preds: Iterable[OccupancyPrediction], store: Path, report_dir: Path,
+                    source: RawSource | None = None) -> int:
+    """Write the predictions of the frames of ``store`` that have ground truth as
+    ``report_dir/occupancy/`` (files + ``meta.json``; the folder appears complete or not at
+    all). nuScenes file names come from the raw tables of ``source`` (default: the store's
+    ``source_root`` / ``version``). Returns the number of frames written."""
     src = VoxelStore.open(store)
-    if src.attrs["dataset"] != dataset:
-        raise ValueError(f"{store}: a {src.attrs['dataset']} store, not {dataset}")
-    occ = load_occupancy_model(model, src.attrs)
-    occ = occ.to(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     frames = frames_with_ground_truth(src)
-    names = _file_names(dataset, src, [src.frame_ids[i] for i in frames], nuscenes)
+    names = dict(zip(frames, _file_names(spec, src, [src.frame_ids[i] for i in frames], source), strict=True))
     out = predictions_folder(report_dir)
     tmp = temp_sibling(out)
     try:
-        written = {}
-        for (index, labels), name in zip(predict(occ, store, batch_size, frames), names, strict=True):
-            np.save(tmp / f"{name}.npy", dense_to_rows(labels))
-            written[name] = src.frame_ids[index]
-        meta = {"format": PREDICTIONS_FORMAT, "dataset": dataset, "grid": occ.grid_spec.to_dict(),
-                "class_names": _class_names(dataset, src.attrs), "store_fingerprint": src.fingerprint,
+        written, grid = {}, None
+        for pred in preds:
+            if grid is not None and pred.grid != grid:
+                raise ValueError(f"frame {pred.frame_id}: predictions on two grids")
+            grid = pred.grid
+            name = names[pred.frame_index]
+            np.save(tmp / f"{name}.npy", dense_to_rows(pred.labels))
+            written[name] = pred.frame_id
+        if grid is None:
+            raise ValueError(f"{store}: no frame with occupancy ground truth to predict")
+        meta = {"format": PREDICTIONS_FORMAT, "dataset": spec.name, "grid": grid.to_dict(),
+                "class_names": spec.occupancy_classes(src.attrs["classes"]), "store_fingerprint": src.fingerprint,
                 "frames": written}
         (tmp / META).write_text(json.dumps(meta, indent=1))
         move_into_place(tmp, out)
@@ -118,7 +118,7 @@ def write_predictions(dataset: str, model: Path, store: Path, report_dir: Path, 
     return len(written)
 
 
-def write_prediction_folder(out: Path, dataset: str, grid: OccupancyGridSpec, class_names: list[str],
+def write_prediction_folder(out: Path, spec: DatasetSpec, grid: OccupancyGridSpec, class_names: list[str],
                             rows: dict[str, np.ndarray], file_names: dict[str, str]) -> None:
     """Write ``rows`` (frame id -> (K, 4) rows) as a predictions folder at ``out`` with file names
     ``file_names`` (frame id -> name): external or reference predictions in the same layout."""
@@ -126,7 +126,7 @@ def write_prediction_folder(out: Path, dataset: str, grid: OccupancyGridSpec, cl
     try:
         for fid, r in rows.items():
             np.save(tmp / f"{file_names[fid]}.npy", np.asarray(r, dtype=np.int16))
-        meta = {"format": PREDICTIONS_FORMAT, "dataset": dataset, "grid": grid.to_dict(), "class_names": class_names,
+        meta = {"format": PREDICTIONS_FORMAT, "dataset": spec.name, "grid": grid.to_dict(), "class_names": class_names,
                 "frames": {file_names[fid]: fid for fid in rows}}
         (tmp / META).write_text(json.dumps(meta, indent=1))
         move_into_place(tmp, Path(out))
@@ -135,13 +135,7 @@ def write_prediction_folder(out: Path, dataset: str, grid: OccupancyGridSpec, cl
         raise
 
 
-def _class_names(dataset: str, store_attrs: dict[str, Any]) -> list[str]:
-    from gpicture.training.finetune_occupancy import occupancy_classes
-
-    return occupancy_classes(dataset, store_attrs)
-
-
-def _read_meta(folder: Path, dataset: str, grid: OccupancyGridSpec | None) -> tuple[OccupancyGridSpec, dict[str, str]]:
+def read_meta(folder: Path, spec: DatasetSpec, grid: OccupancyGridSpec | None) -> tuple[OccupancyGridSpec, dict[str, str]]:
     path = folder / META
     if not path.is_file():
         raise ValueError(f"{path}: missing (a predictions folder records its grid and frames there)")
@@ -153,11 +147,11 @@ def _read_meta(folder: Path, dataset: str, grid: OccupancyGridSpec | None) -> tu
         frames = {str(k): str(v) for k, v in meta["frames"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: not a valid predictions meta file ({exc})") from exc
-    if meta.get("dataset") != dataset:
-        raise ValueError(f"{path}: predictions for {meta.get('dataset')!r}, scoring {dataset!r}")
+    if meta.get("dataset") != spec.name:
+        raise ValueError(f"{path}: predictions for {meta.get('dataset')!r}, scoring {spec.name!r}")
     if grid is not None and have != grid:
         raise ValueError(f"{path}: predictions on grid {have.to_dict()}, expected {grid.to_dict()}")
-    if dataset == "nuscenes":
+    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:  # comparable with the 0.2 m files
         try:
             have.factor_from(OPENOCCUPANCY_GRID)
         except ValueError as exc:
@@ -165,7 +159,7 @@ def _read_meta(folder: Path, dataset: str, grid: OccupancyGridSpec | None) -> tu
     return have, frames
 
 
-def _read_rows(path: Path, grid: OccupancyGridSpec, num_classes: int) -> np.ndarray:
+def read_rows(path: Path, grid: OccupancyGridSpec, num_classes: int) -> np.ndarray:
     """A predictions file as validated (K, 4) int64 rows; ValueError naming it otherwise."""
     try:
         rows = np.load(path, allow_pickle=False)
@@ -193,7 +187,7 @@ def _flat(rows: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 def frame_confusion(gt: np.ndarray, pred: np.ndarray, shape_zyx: tuple[int, int, int], num_classes: int) -> np.ndarray:
     """(C + 1, C + 1) int64 confusion (rows: truth, columns: prediction, 0 = empty) of one frame's
-    rows on a grid of ``shape_zyx``, IGNORE truth voxels excluded. Built over the union of the two
+    rows on a grid of ``shape_zyx``, OCCUPANCY_IGNORE truth voxels excluded. Built over the union of the two
     row sets; the empty/empty count is the rest of the grid."""
     c = num_classes + 1
     gk, pk = _flat(gt, shape_zyx), _flat(pred, shape_zyx)
@@ -202,7 +196,7 @@ def frame_confusion(gt: np.ndarray, pred: np.ndarray, shape_zyx: tuple[int, int,
     p = np.zeros(len(keys), dtype=np.int64)
     g[np.searchsorted(keys, gk)] = gt[:, 3]
     p[np.searchsorted(keys, pk)] = pred[:, 3]
-    valid = g != IGNORE
+    valid = g != OCCUPANCY_IGNORE
     conf = np.bincount(g[valid] * c + p[valid], minlength=c * c).reshape(c, c)
     n_valid = int(np.prod(shape_zyx)) - int((~valid).sum())
     conf[0, 0] += n_valid - conf.sum()
@@ -222,20 +216,20 @@ def metrics_from_confusion(conf: np.ndarray, class_names: list[str]) -> dict[str
             "IoU": float(occ_tp / occ_union) if occ_union > 0 else None, "per_class_IoU": per}
 
 
-def score_predictions(dataset: str, predictions: Path, store: Path, report_dir: Path,
-                      nuscenes: NuScenesSource | None = None, grid: OccupancyGridSpec | None = None) -> dict[str, Any]:
+def score_occupancy(spec: DatasetSpec, predictions: Path, store: Path, report_dir: Path,
+                    source: RawSource | None = None, grid: OccupancyGridSpec | None = None) -> dict[str, Any]:
     """Score a predictions folder against the ground truth of ``store`` on the grid of its
     ``meta.json`` (``grid`` given: it must be that one). The folder must hold exactly the frames
     of the store that have ground truth. Writes ``report_dir/occupancy_confusion.json`` and
-    returns strict-JSON ``{mIoU, IoU, per_class_IoU}`` (null where undefined). ``nuscenes`` is
-    accepted for symmetry with detection; the ground truth comes from the store."""
-    del nuscenes
+    returns strict-JSON ``{mIoU, IoU, per_class_IoU}`` (null where undefined). ``source`` is
+    accepted for symmetry with the other tasks; the ground truth comes from the store."""
+    del source
     folder = Path(predictions)
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such predictions folder")
-    spec, frames = _read_meta(folder, dataset, grid)
+    have, frames = read_meta(folder, spec, grid)
     src = VoxelStore.open(store)
-    names = _class_names(dataset, src.attrs)
+    names = spec.occupancy_classes(src.attrs["classes"])
     wanted = {src.frame_ids[i]: i for i in frames_with_ground_truth(src)}
     by_frame = {fid: name for name, fid in frames.items()}
     for name, fid in frames.items():
@@ -248,17 +242,17 @@ def score_predictions(dataset: str, predictions: Path, store: Path, report_dir: 
     extra = sorted({p.stem for p in folder.glob("*.npy")} - set(frames))
     if extra:
         raise ValueError(f"{folder / (extra[0] + '.npy')}: not listed in {META}")
-    shape = spec.shape_zyx
+    shape = have.shape_zyx
     conf = np.zeros((len(names) + 1, len(names) + 1), dtype=np.int64)
     for fid, i in wanted.items():
         path = folder / f"{by_frame[fid]}.npy"
         if not path.is_file():
             raise ValueError(f"{path}: missing (listed in {META})")
-        pred = _read_rows(path, spec, len(names))
-        gt = frame_ground_truth(src[i], dataset, spec)
+        pred = read_rows(path, have, len(names))
+        gt = frame_ground_truth(src[i], spec, have)
         conf += frame_confusion(gt.astype(np.int64), pred, shape, len(names))
     metrics = metrics_from_confusion(conf, names)
     write_file_atomic(Path(report_dir) / "occupancy_confusion.json",
-                      json.dumps({"classes": ["empty", *names], "grid": spec.to_dict(), "frames": len(wanted),
+                      json.dumps({"classes": ["empty", *names], "grid": have.to_dict(), "frames": len(wanted),
                                   "confusion": conf.tolist()}))
-    return _finite(metrics)
+    return finite(metrics)

@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from gpicture.atomic import move_into_place, temp_sibling, write_file_atomic
+from gpicture.data.nuscenes_reader import POINT_DIMS, _keep_mask, open_nuscenes
+from gpicture.data.spec import DatasetSpec, SegmentationFormat
 from gpicture.data.store import VoxelStore
-from gpicture.eval.detection import NuScenesSource, _finite
+from gpicture.eval.predictions import RawSource, SegmentationPrediction, finite
 
 PREDICTIONS = "predictions"
 SUBMISSION_META = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
@@ -80,11 +84,11 @@ def confusion_miou(gt: np.ndarray, pred: np.ndarray, num_classes: int,
 # -- nuScenes helpers -------------------------------------------------------------------------
 
 
-def _nuscenes_source(store: VoxelStore, nuscenes: NuScenesSource | None) -> NuScenesSource:
-    if nuscenes is not None:
-        return nuscenes
+def _raw_source(store: VoxelStore, source: RawSource | None) -> RawSource:
+    if source is not None:
+        return source
     a = store.attrs
-    return NuScenesSource(Path(a["source_root"]), str(a["version"]), str(a["split"]))
+    return RawSource(Path(a["source_root"]), str(a["version"]), str(a["split"]))
 
 
 def _lidar_files(nusc: Any, sample_token: str) -> tuple[str, Path, Path | None]:
@@ -101,8 +105,6 @@ def _lidar_files(nusc: Any, sample_token: str) -> tuple[str, Path, Path | None]:
 
 def _kept_mask(pcd: Path) -> tuple[np.ndarray, np.ndarray]:
     """(xyz (n, 3) of the .pcd.bin, mask of the points the nuScenes reader kept, in file order)."""
-    from gpicture.data.nuscenes_reader import POINT_DIMS, _keep_mask
-
     scan = np.fromfile(pcd, dtype=np.float32)
     if scan.size % POINT_DIMS:
         raise ValueError(f"{pcd}: not a whole number of {POINT_DIMS}-float32 points")
@@ -114,8 +116,6 @@ def _kept_mask(pcd: Path) -> tuple[np.ndarray, np.ndarray]:
 def _fill_removed(xyz: np.ndarray, keep: np.ndarray, pred_kept: np.ndarray) -> np.ndarray:
     """Predictions for every point of a scan: the kept points' own, the others' from their
     nearest kept point (non-finite coordinates: the first kept point's)."""
-    from scipy.spatial import cKDTree
-
     out = np.empty(len(xyz), dtype=np.uint8)
     out[keep] = pred_kept
     if (~keep).any():
@@ -128,57 +128,45 @@ def _fill_removed(xyz: np.ndarray, keep: np.ndarray, pred_kept: np.ndarray) -> n
 # -- writing ----------------------------------------------------------------------------------
 
 
-def write_predictions(dataset: str, model: Path, store: Path, report_dir: Path, batch_size: int = 2,
-                      nuscenes: NuScenesSource | None = None) -> int:
-    """Run the fine-tuned segmenter ``model`` over every frame of ``store`` and write the
-    predictions folder ``report_dir/predictions`` in the dataset's format (module docstring),
-    replacing any previous one only when complete. nuScenes needs the raw dataset to map
-    the store's points back to the ``.pcd.bin`` files: ``nuscenes``, or by default the
-    store's own source (attrs ``source_root``, ``version``, ``split``). Returns the number of
-    frames written."""
-    import torch
-
-    from gpicture.training.finetune_segmentation import load_segmenter, predict
-
+def write_segmentation(spec: DatasetSpec, preds: Iterable[SegmentationPrediction], store: Path, report_dir: Path,
+                       source: RawSource | None = None) -> int:
+    """Write the predictions folder ``report_dir/predictions`` of the frames of ``store`` in the
+    dataset's format (module docstring), replacing any previous one only when complete.
+    nuScenes needs the raw dataset to map the store's points back to the ``.pcd.bin`` files:
+    ``source``, or by default the store's own (attrs ``source_root``, ``version``, ``split``).
+    Returns the number of frames written."""
     src = VoxelStore.open(store)
-    if src.attrs["dataset"] != dataset:
-        raise ValueError(f"{store}: a {src.attrs['dataset']} store, not {dataset}")
-    seg = load_segmenter(Path(model), src.attrs)
-    if torch.cuda.is_available():
-        seg = seg.cuda()
     out = Path(report_dir) / PREDICTIONS
     tmp = temp_sibling(out)
     try:
         n = 0
-        if dataset == "nuscenes":
-            from gpicture.data.nuscenes_reader import open_nuscenes
-
-            source = _nuscenes_source(src, nuscenes)
-            nusc = open_nuscenes(source.root, source.version)
-            bins = tmp / "lidarseg" / source.eval_set
-            bins.mkdir(parents=True)
-            for _, frame_id, pred in predict(seg, store, batch_size):
-                sd_token, pcd, _ = _lidar_files(nusc, frame_id)
-                xyz, keep = _kept_mask(pcd)
-                if int(keep.sum()) != len(pred):
-                    raise ValueError(f"{pcd}: {int(keep.sum())} kept keyframe points, the store frame {frame_id} "
-                                     f"has {len(pred)}: the store was not converted from this dataset")
-                _fill_removed(xyz, keep, pred).tofile(bins / f"{sd_token}_lidarseg.bin")
-                n += 1
-            (tmp / source.eval_set).mkdir()
-            (tmp / source.eval_set / "submission.json").write_text(json.dumps({"meta": SUBMISSION_META}, indent=1))
-        elif dataset == "waymo":
-            for _, frame_id, pred in predict(seg, store, batch_size):
-                path = tmp / f"{frame_id}.bin"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pred.astype(np.uint8).tofile(path)
-                n += 1
-            meta = {"format": "gpicture-waymo-segmentation", "classes": list(src.attrs["classes"]),
-                    "store_fingerprint": src.fingerprint, "frames": n,
-                    "layout": "<context>/<timestamp_micros>.bin: uint8 class per point of the store frame"}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        else:
-            raise ValueError(f"unknown dataset {dataset!r} (nuscenes or waymo)")
+        match spec.segmentation_format:
+            case SegmentationFormat.NUSCENES_LIDARSEG:
+                raw = _raw_source(src, source)
+                nusc = open_nuscenes(raw.root, raw.version)
+                bins = tmp / "lidarseg" / raw.eval_set
+                bins.mkdir(parents=True)
+                for pred in preds:
+                    sd_token, pcd, _ = _lidar_files(nusc, pred.frame_id)
+                    xyz, keep = _kept_mask(pcd)
+                    if int(keep.sum()) != len(pred.labels):
+                        raise ValueError(f"{pcd}: {int(keep.sum())} kept keyframe points, the store frame "
+                                         f"{pred.frame_id} has {len(pred.labels)}: the store was not converted "
+                                         "from this dataset")
+                    _fill_removed(xyz, keep, pred.labels).tofile(bins / f"{sd_token}_lidarseg.bin")
+                    n += 1
+                (tmp / raw.eval_set).mkdir()
+                (tmp / raw.eval_set / "submission.json").write_text(json.dumps({"meta": SUBMISSION_META}, indent=1))
+            case SegmentationFormat.WAYMO_BINS:
+                for pred in preds:
+                    path = tmp / f"{pred.frame_id}.bin"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    pred.labels.astype(np.uint8).tofile(path)
+                    n += 1
+                meta = {"format": "gpicture-waymo-segmentation", "classes": list(src.attrs["classes"]),
+                        "store_fingerprint": src.fingerprint, "frames": n,
+                        "layout": "<context>/<timestamp_micros>.bin: uint8 class per point of the store frame"}
+                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,99 +195,84 @@ def _check_no_extra(folder: Path, expected: set[Path]) -> None:
                          f"({len(extra)} such files)")
 
 
-def score_predictions(dataset: str, predictions: Path, store: Path, report_dir: Path,
-                      nuscenes: NuScenesSource | None = None) -> dict[str, Any]:
+def score_segmentation(spec: DatasetSpec, predictions: Path, store: Path, report_dir: Path,
+                       source: RawSource | None = None) -> dict[str, Any]:
     """mIoU of a predictions folder on the split of ``store``: strict-JSON
     ``{"mIoU": float, "per_class_IoU": {name: float | None}, "frames": int}`` (None: a class
     with neither points nor predictions). Writes ``report_dir/segmentation_summary.json``
     (also the confusion matrix). A folder for other frames, a missing file or a wrong number
     of points is refused with a ValueError naming the file.
 
-    nuScenes: the devkit's ``LidarSegEval`` on the raw dataset (``nuscenes``, default the
+    nuScenes: the devkit's ``LidarSegEval`` on the raw dataset (``source``, default the
     store's source), checked against our own confusion matrix of the store's labels (plus
     the raw labels of the few points the store does not hold); Waymo: our own, from the
     store's labels (UNDEFINED and unlabelled points ignored).
     """
-    from gpicture.training.finetune_segmentation import (
-        UNLABELLED,
-        nuscenes_class_mapper,
-        segmented_count,
-    )
-
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise ValueError(f"{predictions}: no such predictions folder")
     src = VoxelStore.open(store)
-    if src.attrs["dataset"] != dataset:
-        raise ValueError(f"{store}: a {src.attrs['dataset']} store, not {dataset}")
+    if src.attrs["dataset"] != spec.name:
+        raise ValueError(f"{store}: a {src.attrs['dataset']} store, not {spec.name}")
     if not src.attrs.get("has_seg_labels"):
         raise ValueError(f"{store}: the store has no segmentation labels")
     classes = list(src.attrs["classes"])
     extra: dict[str, Any] = {}
-    if dataset == "nuscenes":
-        from nuscenes.eval.lidarseg.evaluate import LidarSegEval
-        from nuscenes.eval.lidarseg.utils import get_samples_in_eval_set
+    names, lut = spec.segmentation_eval_classes(classes)  # lut: raw -> evaluation class, unlabelled -> 0
+    c = len(names)
+    match spec.segmentation_format:
+        case SegmentationFormat.NUSCENES_LIDARSEG:
+            from nuscenes.eval.lidarseg.evaluate import (
+                LidarSegEval,  # the devkit's heavy modules only when used
+            )
+            from nuscenes.eval.lidarseg.utils import get_samples_in_eval_set
 
-        from gpicture.data.nuscenes_reader import open_nuscenes
-
-        source = _nuscenes_source(src, nuscenes)
-        nusc = open_nuscenes(source.root, source.version)
-        mapper = nuscenes_class_mapper(classes)
-        names = [n for n, _ in sorted(mapper.coarse_name_2_coarse_idx_mapping.items(), key=lambda kv: kv[1])]
-        c = len(names)
-        lut = np.zeros(256, dtype=np.int64)  # raw -> evaluation class; unlabelled (255) -> ignore (0)
-        for fine, coarse in mapper.fine_idx_2_coarse_idx_mapping.items():
-            lut[fine] = coarse
-        samples = get_samples_in_eval_set(nusc, source.eval_set)
-        if sorted(samples) != sorted(src.frame_ids):
-            raise ValueError(f"{store}: its {len(src)} frames are not the {len(samples)} samples of the nuScenes "
-                             f"split {source.eval_set!r}")
-        bins = predictions / "lidarseg" / source.eval_set
-        if not bins.is_dir():
-            raise ValueError(f"{bins}: missing lidarseg predictions folder (lidarseg/<eval_set>/)")
-        cm = np.zeros((c, c), dtype=np.int64)
-        expected: set[Path] = set()
-        for i in range(len(src)):
-            fr = src[i]
-            sd_token, pcd, label_file = _lidar_files(nusc, fr.frame_id)
-            path = bins / f"{sd_token}_lidarseg.bin"
-            expected.add(path)
-            xyz, keep = _kept_mask(pcd)
-            pred = _read_prediction(path, len(xyz), c)
-            k = segmented_count(fr, dataset)
-            if int(keep.sum()) != k:
-                raise ValueError(f"{pcd}: {int(keep.sum())} kept points, the store frame {fr.frame_id} has {k}")
-            cm += confusion(lut[fr.seg_labels[:k]], pred[keep], c, 0)
-            if (~keep).any() and label_file is not None:  # points the store does not hold: raw labels
-                cm += confusion(lut[np.fromfile(label_file, dtype=np.uint8)[~keep]], pred[~keep], c, 0)
-        _check_no_extra(bins, expected)
-        ours, _ = iou_from_confusion(cm, 0)
-        res = LidarSegEval(nusc, str(predictions), source.eval_set).evaluate()
-        miou = float(res["miou"])
-        # the devkit divides by float32 unions: exact below 2**24 points per class, 1e-7 relative above
-        if not (np.isclose(miou, ours, rtol=0, atol=1e-6) or (np.isnan(miou) and np.isnan(ours))):
-            raise RuntimeError(f"{predictions}: the devkit's mIoU {miou} differs from the store's {ours}")
-        per_class = {n: float(res["iou_per_class"][n]) for n in names[1:]}
-        extra["mIoU_store"] = ours
-    elif dataset == "waymo":
-        c = len(classes)
-        names = classes
-        cm = np.zeros((c, c), dtype=np.int64)
-        expected = set()
-        for i in range(len(src)):
-            fr = src[i]
-            path = predictions / f"{fr.frame_id}.bin"
-            expected.add(path)
-            pred = _read_prediction(path, len(fr.points), c)
-            gt = fr.seg_labels.astype(np.int64)
-            gt[gt == UNLABELLED] = 0
-            cm += confusion(gt, pred, c, 0)
-        _check_no_extra(predictions, expected)
-        miou, iou = iou_from_confusion(cm, 0)
-        per_class = {n: float(iou[j]) for j, n in enumerate(names) if j != 0}
-    else:
-        raise ValueError(f"unknown dataset {dataset!r} (nuscenes or waymo)")
-    metrics = _finite({"mIoU": miou, "per_class_IoU": per_class, "frames": len(src), **extra})
+            source = _raw_source(src, source)
+            nusc = open_nuscenes(source.root, source.version)
+            samples = get_samples_in_eval_set(nusc, source.eval_set)
+            if sorted(samples) != sorted(src.frame_ids):
+                raise ValueError(f"{store}: its {len(src)} frames are not the {len(samples)} samples of the nuScenes "
+                                 f"split {source.eval_set!r}")
+            bins = predictions / "lidarseg" / source.eval_set
+            if not bins.is_dir():
+                raise ValueError(f"{bins}: missing lidarseg predictions folder (lidarseg/<eval_set>/)")
+            cm = np.zeros((c, c), dtype=np.int64)
+            expected: set[Path] = set()
+            for i in range(len(src)):
+                fr = src[i]
+                sd_token, pcd, label_file = _lidar_files(nusc, fr.frame_id)
+                path = bins / f"{sd_token}_lidarseg.bin"
+                expected.add(path)
+                xyz, keep = _kept_mask(pcd)
+                pred = _read_prediction(path, len(xyz), c)
+                k = spec.segmented_count(fr)
+                if int(keep.sum()) != k:
+                    raise ValueError(f"{pcd}: {int(keep.sum())} kept points, the store frame {fr.frame_id} has {k}")
+                cm += confusion(lut[fr.seg_labels[:k]], pred[keep], c, 0)
+                if (~keep).any() and label_file is not None:  # points the store does not hold: raw labels
+                    cm += confusion(lut[np.fromfile(label_file, dtype=np.uint8)[~keep]], pred[~keep], c, 0)
+            _check_no_extra(bins, expected)
+            ours, _ = iou_from_confusion(cm, 0)
+            res = LidarSegEval(nusc, str(predictions), source.eval_set).evaluate()
+            miou = float(res["miou"])
+            # the devkit divides by float32 unions: exact below 2**24 points per class, 1e-7 relative above
+            if not (np.isclose(miou, ours, rtol=0, atol=1e-6) or (np.isnan(miou) and np.isnan(ours))):
+                raise RuntimeError(f"{predictions}: the devkit's mIoU {miou} differs from the store's {ours}")
+            per_class = {n: float(res["iou_per_class"][n]) for n in names[1:]}
+            extra["mIoU_store"] = ours
+        case SegmentationFormat.WAYMO_BINS:
+            cm = np.zeros((c, c), dtype=np.int64)
+            expected = set()
+            for i in range(len(src)):
+                fr = src[i]
+                path = predictions / f"{fr.frame_id}.bin"
+                expected.add(path)
+                pred = _read_prediction(path, len(fr.points), c)
+                cm += confusion(lut[fr.seg_labels], pred, c, 0)
+            _check_no_extra(predictions, expected)
+            miou, iou = iou_from_confusion(cm, 0)
+            per_class = {n: float(iou[j]) for j, n in enumerate(names) if j != 0}
+    metrics = finite({"mIoU": miou, "per_class_IoU": per_class, "frames": len(src), **extra})
     summary = {**metrics, "classes": names, "confusion": cm.tolist()}
     write_file_atomic(Path(report_dir) / "segmentation_summary.json", json.dumps(summary, indent=1))
     return metrics

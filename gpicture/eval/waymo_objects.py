@@ -9,13 +9,15 @@ vehicle-frame ``label_pb2.Label.Box``, the class and the score. Frames are keyed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from gpicture.atomic import write_file_atomic
-from gpicture.eval.waymo_detection import CLASSES, FrameBoxes
+from gpicture.data.store import VoxelStore
+from gpicture.eval.predictions import DetectionPrediction
+from gpicture.eval.waymo_boxes import CLASSES, FrameBoxes
 
 __all__ = ["read_objects", "store_ground_truth", "write_objects"]
 
@@ -26,20 +28,19 @@ def _type_values() -> dict[str, int]:
     return {name: label_pb2.Label.Type.Value(name) for name in CLASSES}
 
 
-def write_objects(frames: Sequence[dict], path: Path) -> int:
-    """Write predictions (dicts with ``sample_token`` = frame id, ``boxes`` (M, 7), ``labels``
-    (M,) ``TYPE_*`` names, ``scores`` (M,)) as a ``metrics_pb2.Objects`` file, atomically.
-    Returns the number of objects written."""
+def write_objects(preds: Iterable[DetectionPrediction], path: Path) -> int:
+    """Write per-frame predictions (vehicle-frame boxes, ``TYPE_*`` class names) as a
+    ``metrics_pb2.Objects`` file, atomically. Returns the number of objects written."""
     from waymo_open_dataset.protos import metrics_pb2
 
     types = _type_values()
     objs = metrics_pb2.Objects()
-    for fr in frames:
-        context, _, ts = str(fr["sample_token"]).rpartition("/")
+    for pred in preds:
+        context, _, ts = pred.frame_id.rpartition("/")
         if not context or not ts.isdigit():
-            raise ValueError(f"frame id {fr['sample_token']!r} is not <context_name>/<timestamp_micros>")
-        boxes = np.asarray(fr["boxes"], np.float64).reshape(-1, 7)
-        for b, name, score in zip(boxes, fr["labels"], np.asarray(fr["scores"], np.float64), strict=True):
+            raise ValueError(f"frame id {pred.frame_id!r} is not <context_name>/<timestamp_micros>")
+        boxes = np.asarray(pred.boxes, np.float64).reshape(-1, 7)
+        for b, name, score in zip(boxes, pred.labels, np.asarray(pred.scores, np.float64), strict=True):
             o = objs.objects.add()
             o.context_name, o.frame_timestamp_micros, o.score = context, int(ts), float(score)
             o.object.type = types[str(name)]
@@ -85,7 +86,7 @@ def read_objects(path: Path, frame_ids: Sequence[str] | None = None) -> dict[str
     return out
 
 
-def store_ground_truth(store) -> dict[str, FrameBoxes]:
+def store_ground_truth(store: VoxelStore) -> dict[str, FrameBoxes]:
     """Ground truth of every frame of a Waymo voxel store: the scored classes' boxes with
     their LiDAR point counts and labelled difficulty."""
     out = {}

@@ -8,43 +8,37 @@ class logits per height: (B, K + 1, nz, ny, nx), class 0 = empty. A 2D head is s
 faster on CPU than a sparse 3D decoder and sees every column, including empty ones.
 
 Loss: cross entropy over every voxel of the grid, the empty class down-weighted
-(``empty_weight``) against its overwhelming majority, ground-truth IGNORE voxels skipped.
+(``empty_weight``) against its overwhelming majority, ground-truth OCCUPANCY_IGNORE voxels skipped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpicture.data.occupancy_targets import (
-    IGNORE,
-    OPENOCCUPANCY_GRID,
-    OccupancyGridSpec,
-)
+from gpicture.data.batch import VoxelBatch, move_to
+from gpicture.data.occupancy_targets import OccupancyGridSpec
+from gpicture.data.spec import OCCUPANCY_IGNORE
 from gpicture.models.detection.centerpoint import BEVBackbone
 from gpicture.models.student import Student
-
-__all__ = ["IGNORE", "OPENOCCUPANCY_GRID", "OccupancyBatch", "OccupancyGridSpec", "Occupier"]
 
 
 @dataclass
 class OccupancyBatch:
     """Frames of a batch with their occupancy targets."""
 
-    points: Tensor  # (N, 3) float32, m
-    features: Tensor  # (N, C) float32
-    point_voxel: Tensor  # (N,) int64 row of voxel_coords, -1 outside the store grid
-    voxel_coords: Tensor  # (V, 4) int32 b, z, y, x on the store's grid
-    target: Tensor  # (B, nz, ny, nx) uint8 on the occupancy grid: 0 empty, 1..K, 255 ignore
-    frame_index: Tensor  # (B,) frame index in the store
-    batch_size: int
+    voxels: VoxelBatch  # on the store's grid
+    target: Tensor  # (B, nz, ny, nx) uint8 on the occupancy grid: 0 empty, 1..K, OCCUPANCY_IGNORE
+
+    @property
+    def batch_size(self) -> int:
+        return self.voxels.batch_size
 
     def to(self, device: torch.device | str) -> OccupancyBatch:
-        return OccupancyBatch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()})
+        return move_to(self, device)
 
 
 def _sampling_grid(store_range: tuple[float, ...], grid: OccupancyGridSpec) -> Tensor:
@@ -87,7 +81,7 @@ class Occupier(nn.Module):
 
     def forward(self, batch: OccupancyBatch) -> Tensor:
         """Logits (B, K + 1, nz, ny, nx) on the occupancy grid."""
-        out = self.student(batch.points, batch.features, batch.point_voxel, batch.voxel_coords)
+        out = self.student.encode(batch.voxels)
         x = self.trunk(self.student.bev(out, batch.batch_size))
         x = F.grid_sample(x, self.sample_grid.expand(x.shape[0], -1, -1, -1).to(x.dtype), mode="bilinear",
                           padding_mode="zeros", align_corners=False)
@@ -95,7 +89,7 @@ class Occupier(nn.Module):
         return self.head(x).view(x.shape[0], self.num_classes + 1, nz, ny, nx)
 
     def loss(self, batch: OccupancyBatch) -> tuple[Tensor, dict[str, float]]:
-        """Weighted cross entropy over the grid (IGNORE voxels skipped) and the batch's
+        """Weighted cross entropy over the grid (OCCUPANCY_IGNORE voxels skipped) and the batch's
         geometric IoU (for the logs)."""
         return self.loss_from_logits(self(batch), batch.target)
 
@@ -104,9 +98,9 @@ class Occupier(nn.Module):
         step runs the forward through its wrapper, then this)."""
         logits = logits.float()  # CE in float32 under AMP
         target = target.long()
-        loss = F.cross_entropy(logits, target, weight=self.class_weight, ignore_index=IGNORE)
+        loss = F.cross_entropy(logits, target, weight=self.class_weight, ignore_index=OCCUPANCY_IGNORE)
         with torch.no_grad():
-            valid = target != IGNORE
+            valid = target != OCCUPANCY_IGNORE
             pred_occ = (logits.argmax(1) > 0) & valid
             true_occ = (target > 0) & valid
             inter = (pred_occ & true_occ).sum()
@@ -118,10 +112,3 @@ class Occupier(nn.Module):
     def predict(self, batch: OccupancyBatch) -> Tensor:
         """(B, nz, ny, nx) uint8 labels, 0 empty."""
         return self(batch).argmax(1).to(torch.uint8)
-
-    def load_pretrained(self, path: Path) -> dict[str, list[str]]:
-        """Load a pre-trained student (``student.pt``) into the backbone; returns the loaded,
-        missing and unexpected keys (a layout that does not fit is refused)."""
-        from gpicture.training.finetune_common import load_pretrained_student
-
-        return load_pretrained_student(self.student, path)

@@ -16,12 +16,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpicture.data.batch import VoxelBatch, move_to
 from gpicture.models.dsvt import DSVTConfig, DSVTEncoder
 from gpicture.models.student import Student
-from gpicture.training.pretrain_data import PretrainBatch
+
+
+@dataclass
+class PretrainBatch:
+    """B frames for pre-training: the batch core plus, per voxel (rows follow
+    ``voxels.voxel_coords``), the teacher target and the true points."""
+
+    voxels: VoxelBatch
+    teacher: Tensor  # (V, 64) float32 teacher features
+    teacher_valid: Tensor  # (V,) bool voxel has a teacher target
+    true_points: Tensor  # (V, P, 3) float32 points relative to the voxel centre, voxel units, first P by store order
+    true_count: Tensor  # (V,) int64 valid rows of true_points (>= 1)
+
+    @property
+    def batch_size(self) -> int:
+        return self.voxels.batch_size
+
+    def to(self, device: torch.device | str) -> PretrainBatch:
+        return move_to(self, device)
 
 
 @dataclass(frozen=True)
@@ -76,11 +95,11 @@ class GPicturePretrainer(nn.Module):
         self.teacher_heads = nn.ModuleList(nn.Linear(d, cfg.teacher_dim) for _ in range(n_layers))
 
     def forward(self, batch: PretrainBatch, mask: Tensor, beta: float) -> PretrainLosses:
-        coords = batch.voxel_coords
+        coords = batch.voxels.voxel_coords
         v = len(coords)
         visible = (~mask).nonzero()[:, 0]
         masked = mask.nonzero()[:, 0]
-        out = self.student(batch.points, batch.features, batch.point_voxel, coords, keep=visible)
+        out = self.student.encode(batch.voxels, keep=visible)
         n_layers = len(out.activations)
         shape = torch.tensor(self.student.cfg.dsvt.sparse_shape, device=coords.device, dtype=torch.float32)
         token = self.mask_token + self.mask_pos(coords[masked][:, [3, 2, 1]].float() / shape - 0.5)
@@ -118,5 +137,5 @@ class GPicturePretrainer(nn.Module):
     @torch.no_grad()
     def probe_activations(self, batch: PretrainBatch, layers: int) -> list[Tensor]:
         """The first ``layers`` layers' activations on all voxels (input resolution): DGPL's probe."""
-        out = self.student(batch.points, batch.features, batch.point_voxel, batch.voxel_coords)
+        out = self.student.encode(batch.voxels)
         return [out.per_input_voxel(layer) for layer in range(layers)]

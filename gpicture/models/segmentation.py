@@ -15,36 +15,34 @@ The loss is cross entropy plus the Lovász-softmax surrogate of the Jaccard inde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpicture.data.batch import VoxelBatch, move_to
+from gpicture.data.spec import IGNORE_INDEX
 from gpicture.models.student import Student
-
-IGNORE = -100  # target index of unlabelled / ignored points (F.cross_entropy's default)
 
 
 @dataclass
 class SegmentationBatch:
     """Frames of a batch: every point feeds the encoder, the rows ``seg_index`` are segmented."""
 
-    points: Tensor  # (N, 3) float32 m, the points' frame
-    features: Tensor  # (N, F) float32 point features (the model profile's point_features)
-    point_voxel: Tensor  # (N,) int64 row of voxel_coords, -1 outside the range
-    voxel_coords: Tensor  # (V, 4) int32 b, z, y, x
-    seg_index: Tensor  # (P,) int64 rows of `points` to segment (nuScenes: keyframe points; training: labelled only)
-    labels: Tensor  # (P,) int64 training class index, IGNORE where unlabelled
+    voxels: VoxelBatch
+    seg_index: Tensor  # (P,) int64 rows of `voxels.points` to segment (nuScenes: keyframe points; training: labelled)
+    labels: Tensor  # (P,) int64 training class index, IGNORE_INDEX where unlabelled
     seg_ptr: Tensor  # (B + 1,) int64 CSR pointers of each frame's rows in seg_index / labels
-    frame_index: Tensor  # (B,) store frame index
-    batch_size: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.voxels.batch_size
 
     def to(self, device: torch.device | str) -> SegmentationBatch:
-        return SegmentationBatch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()})
+        return move_to(self, device)
 
 
-def lovasz_softmax(probs: Tensor, labels: Tensor, ignore_index: int = IGNORE) -> Tensor:
+def lovasz_softmax(probs: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Lovász-softmax loss of class probabilities ``probs`` (P, C) against ``labels`` (P,),
     averaged over the classes present in the labels; 0 (with a gradient path) when no point
     is labelled.
@@ -81,7 +79,7 @@ class SegDecoder(nn.Module):
         super().__init__()
         import spconv.pytorch as spconv
 
-        from gpicture.compat import spconv_algo
+        from gpicture.compat import spconv_algo  # lazy: with spconv, whose import is slow
 
         self.grid_zyx = tuple(int(v) for v in grid_zyx)
         self.register_buffer("voxel_size", torch.tensor(voxel_size, dtype=torch.float32), persistent=False)
@@ -136,10 +134,11 @@ class Segmenter(nn.Module):
 
     def forward(self, batch: SegmentationBatch) -> Tensor:
         """Logits (P, num_classes) of the points ``batch.seg_index``."""
-        out = self.student(batch.points, batch.features, batch.point_voxel, batch.voxel_coords)
+        v = batch.voxels
+        out = self.student.encode(v)
         idx = batch.seg_index
-        return self.decoder(out.per_input_voxel(self.early_layer), out.per_input_voxel(), batch.voxel_coords,
-                            batch.batch_size, batch.points[idx], batch.features[idx], batch.point_voxel[idx])
+        return self.decoder(out.per_input_voxel(self.early_layer), out.per_input_voxel(), v.voxel_coords,
+                            v.batch_size, v.points[idx], v.features[idx], v.point_voxel[idx])
 
     def loss(self, batch: SegmentationBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross entropy (unlabelled points ignored) + ``lovasz_weight`` x Lovász-softmax."""
@@ -147,11 +146,11 @@ class Segmenter(nn.Module):
 
     def loss_from_logits(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The loss of logits (P, C) computed elsewhere (under DDP: by the wrapper's forward)
-        against labels (P,) training class indices, IGNORE where unlabelled."""
+        against labels (P,) training class indices, IGNORE_INDEX where unlabelled."""
         logits = logits.float()  # the losses in float32 under AMP
-        if not bool((labels != IGNORE).any()):
+        if not bool((labels != IGNORE_INDEX).any()):
             return logits.sum() * 0.0, {"ce": 0.0, "lovasz": 0.0}
-        ce = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         lov = lovasz_softmax(logits.softmax(1), labels)
         return ce + self.lovasz_weight * lov, {"ce": float(ce.detach()), "lovasz": float(lov.detach())}
 
@@ -159,10 +158,3 @@ class Segmenter(nn.Module):
     def predict(self, batch: SegmentationBatch) -> Tensor:
         """(P,) int64 training class index (argmax) of the points ``batch.seg_index``."""
         return self(batch).argmax(1)
-
-    def load_pretrained(self, path: Path) -> dict[str, list[str]]:
-        """Load a pre-trained student (``student.pt``) into the backbone; returns the loaded,
-        missing and unexpected keys (a layout that does not fit is refused)."""
-        from gpicture.training.finetune_common import load_pretrained_student
-
-        return load_pretrained_student(self.student, path)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gpicture.data.batch import VoxelBatch
 from gpicture.models.dsvt import DSVTConfig, DSVTEncoder, DSVTOutput
 from gpicture.models.vfe import DynamicVFE
 
@@ -68,6 +69,10 @@ class Student(nn.Module):
             voxel_coords = voxel_coords[keep_idx]
         feats = self.vfe(points, point_features, point_voxel, voxel_coords)
         return self.dsvt(feats, voxel_coords)
+
+    def encode(self, voxels: VoxelBatch, keep: Tensor | None = None) -> DSVTOutput:
+        """:meth:`forward` on a batch's points and voxels."""
+        return self(voxels.points, voxels.features, voxels.point_voxel, voxels.voxel_coords, keep=keep)
 
     def bev(self, out: DSVTOutput, batch_size: int) -> Tensor:
         return DSVTEncoder.bev(out, batch_size)

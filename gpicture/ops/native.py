@@ -15,7 +15,7 @@ from types import ModuleType
 def load_native() -> ModuleType | None:
     """The native module, or ``None`` (with one warning) if it cannot be imported."""
     try:
-        from gpicture import _native  # type: ignore[attr-defined]
+        from gpicture import _native  # type: ignore[attr-defined]  # lazy: the optional built extension
     except ImportError as exc:  # not built, or an ABI mismatch
         warnings.warn(
             f"gpicture native ops unavailable ({exc}); using the pure-torch references. "

@@ -16,7 +16,7 @@ __all__ = ["SealTeacher"]
 
 def __getattr__(name: str) -> Any:
     if name == "SealTeacher":
-        from gpicture.teacher.seal import SealTeacher
+        from gpicture.teacher.seal import SealTeacher  # lazy: MinkowskiEngine only when the teacher is used
 
         return SealTeacher
     raise AttributeError(f"module 'gpicture.teacher' has no attribute {name!r}")

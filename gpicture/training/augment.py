@@ -21,6 +21,14 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.95, 1.05)
     translation_std: float = 0.2  # m, per axis
 
+    @classmethod
+    def from_params(cls, a: dict | None) -> AugmentConfig | None:
+        """From a task's ``augment`` params section; null or empty: no augmentation."""
+        if not a:
+            return None
+        return cls(flip_x=bool(a["flip_x"]), flip_y=bool(a["flip_y"]), rotation=tuple(float(x) for x in a["rotation"]),
+                   scale=tuple(float(x) for x in a["scale"]), translation_std=float(a["translation_std"]))
+
 
 def augment(points: np.ndarray, boxes: np.ndarray, velocity: np.ndarray, cfg: AugmentConfig,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

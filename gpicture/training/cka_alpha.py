@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from gpicture.data.dataset import collate_frames
+from gpicture.data.batch import collate_frames
 from gpicture.data.store import VoxelStore
 from gpicture.models.cka import linear_cka
 from gpicture.models.student import Student, StudentConfig
@@ -32,7 +32,7 @@ def load_student(path: Path, store_attrs: dict[str, Any]) -> Student:
 @torch.no_grad()
 def layer_activations(model: Student, store: VoxelStore, frames: int) -> list[torch.Tensor]:
     b = collate_frames([store[i] for i in range(min(frames, len(store)))], list(model.cfg.point_features))
-    out = model(b.points, b.features, b.point_voxel, b.voxel_coords)
+    out = model.encode(b)
     return [out.per_input_voxel(layer) for layer in range(len(out.activations))]
 
 

@@ -10,6 +10,8 @@ frame), so a resumed or distributed run draws the same masks as an uninterrupted
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -103,6 +105,11 @@ StepFn = Callable[[nn.Module, Any, StepContext], tuple[Tensor, dict[str, float]]
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def run_key(**parts: Any) -> str:
+    """A digest of everything that defines a training run (checkpoints resume only under it)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_atomic(obj: dict, path: Path) -> None:

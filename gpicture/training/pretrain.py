@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,22 @@ from torch import nn
 from gpicture.data.store import VoxelStore
 from gpicture.models.dgpl import DifferentialGate
 from gpicture.models.i2mask import i2mask_batch
-from gpicture.models.pretrain import GPicturePretrainer, ReconstructionConfig
+from gpicture.models.pretrain import (
+    GPicturePretrainer,
+    PretrainBatch,
+    ReconstructionConfig,
+)
 from gpicture.models.student import Student, StudentConfig
-from gpicture.training.engine import DistInfo, StepContext, TrainConfig, fit, save_atomic
 from gpicture.teacher.cache import TeacherStore
-from gpicture.training.pretrain_data import PretrainBatch, PretrainDataset, collate_pretrain
+from gpicture.training.engine import (
+    DistInfo,
+    StepContext,
+    TrainConfig,
+    fit,
+    run_key,
+    save_atomic,
+)
+from gpicture.training.pretrain_data import PretrainDataset, collate_pretrain
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,12 @@ def frame_seed(seed: int, epoch: int, frame: int) -> int:
 
 def masks_for_batch(batch: PretrainBatch, cfg: MaskConfig, seed: int, epoch: int) -> torch.Tensor:
     """I²Mask of every frame of the batch, each with its own (seed, epoch, frame) generator."""
-    mask = torch.zeros(len(batch.voxel_coords), dtype=torch.bool, device=batch.voxel_coords.device)
-    bidx = batch.voxel_coords[:, 0].long()
+    coords = batch.voxels.voxel_coords
+    mask = torch.zeros(len(coords), dtype=torch.bool, device=coords.device)
+    bidx = coords[:, 0].long()
     for b in range(batch.batch_size):  # a handful of frames per batch
         rows = (bidx == b).nonzero()[:, 0]
-        gen = torch.Generator(device="cpu").manual_seed(frame_seed(seed, epoch, int(batch.frame_index[b])))
+        gen = torch.Generator(device="cpu").manual_seed(frame_seed(seed, epoch, int(batch.voxels.frame_index[b])))
         m, _ = i2mask_batch(batch.teacher[rows].cpu(), torch.zeros(len(rows), dtype=torch.long),
                             valid=batch.teacher_valid[rows].cpu(), n_clusters=cfg.n_clusters,
                             n_partition=tuple(cfg.n_partition), lambda_threshold=cfg.lambda_threshold,
@@ -92,7 +103,7 @@ class DGPLHooks:
         self.gate.load_state_dict(state)
 
 
-def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: MaskConfig, seed: int,  # noqa: ANN202
+def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: MaskConfig, seed: int,
           teacher_targets: bool = True):
     batch = batch.to(ctx.device)
     mask = masks_for_batch(batch, mask_cfg, seed, ctx.epoch)
@@ -138,11 +149,6 @@ def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_d
     if dist.is_main and (stop_after_epochs is None or _finished(out_dir, train.epochs)):
         save_student(model.student, model_params, attrs, out_dir / "student.pt")
     return metrics
-
-
-def run_key(**parts: Any) -> str:
-    """A digest of everything that defines a training run (checkpoints resume only under it)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _finished(out_dir: Path, epochs: int) -> bool:

@@ -1,4 +1,5 @@
-"""Pre-training batches: a voxel store joined with its teacher store.
+"""Pre-training batches (:class:`gpicture.models.pretrain.PretrainBatch`): a voxel store
+joined with its teacher store.
 
 Per voxel the batch carries the teacher target (64-d, with a validity flag: voxels
 without teacher points have none) and up to ``max_points`` true points relative to
@@ -7,38 +8,17 @@ the voxel centre, in voxel units (the reconstruction targets).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
-from gpicture.data.dataset import collate_frames
+from gpicture.data.batch import collate_frames
 from gpicture.data.store import StoreFrame, VoxelStore
+from gpicture.models.pretrain import PretrainBatch
 from gpicture.ops import in_group_index
 from gpicture.teacher.cache import TeacherStore
-
-
-@dataclass
-class PretrainBatch:
-    """A batch of B frames for pre-training (rows of voxel arrays follow voxel_coords)."""
-
-    points: Tensor  # (N, 3) float32 m
-    features: Tensor  # (N, C) float32 point features (model.point_features order)
-    point_voxel: Tensor  # (N,) int64 row of voxel_coords, -1 outside the grid
-    voxel_coords: Tensor  # (V, 4) int32 b, z, y, x
-    teacher: Tensor  # (V, 64) float32 teacher features
-    teacher_valid: Tensor  # (V,) bool voxel has a teacher target
-    true_points: Tensor  # (V, P, 3) float32 points relative to the voxel centre, voxel units, first P by store order
-    true_count: Tensor  # (V,) int64 valid rows of true_points (>= 1)
-    frame_index: Tensor  # (B,) int64 store index of each frame
-    batch_size: int
-
-    def to(self, device: torch.device | str) -> PretrainBatch:
-        moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
-        return PretrainBatch(**moved)
 
 
 class PretrainDataset(Dataset):
@@ -87,6 +67,4 @@ def collate_pretrain(items: list, feature_names: list[str], voxel_size: tuple[fl
     true = torch.zeros(v, max_points, 3)
     true[pv[take], rank[take]] = rel[take]
     count = torch.bincount(pv, minlength=v).clamp_max(max_points)
-    return PretrainBatch(points=pb.points, features=pb.features, point_voxel=pb.point_voxel,
-                         voxel_coords=pb.voxel_coords, teacher=teacher, teacher_valid=valid, true_points=true,
-                         true_count=count, frame_index=pb.frame_index, batch_size=len(frames))
+    return PretrainBatch(voxels=pb, teacher=teacher, teacher_valid=valid, true_points=true, true_count=count)

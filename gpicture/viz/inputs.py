@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpicture.data.occupancy_targets import OccupancyGridSpec
+from gpicture.data.spec import DetectionFormat, dataset_spec
 from gpicture.data.store import StoreFrame, VoxelStore
+from gpicture.eval.occupancy import META, read_meta, read_rows
 from gpicture.teacher.cache import TeacherStore
 
 if TYPE_CHECKING:  # torch is imported only by the views that need it (mask): workers start faster
@@ -73,10 +75,10 @@ def frame_mask(features: np.ndarray, valid: np.ndarray, frame_index: int, cfg: M
     pre-training uses at ``epoch`` with ``train.seed = seed`` (one generator per (seed, epoch,
     frame): the call :func:`gpicture.training.pretrain.masks_for_batch` makes for the frame, which
     keeps only the mask; here the cluster ids come along)."""
-    import torch
+    import torch  # lazy: rendering workers start faster without torch
 
-    from gpicture.models.i2mask import i2mask_batch
-    from gpicture.training.pretrain import frame_seed
+    from gpicture.models.i2mask import i2mask_batch  # lazy: torch only for the mask view
+    from gpicture.training.pretrain import frame_seed  # lazy: torch only for the mask view
 
     feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     ok = torch.from_numpy(np.asarray(valid, dtype=bool))
@@ -116,7 +118,7 @@ def global_to_lidar_boxes(translation: np.ndarray, size_wlh: np.ndarray, rotatio
                           pose: np.ndarray) -> np.ndarray:
     """Submission boxes (global centre (K, 3), size w, l, h (K, 3), rotation w, x, y, z (K, 4)) ->
     (K, 7) x, y, z, l, w, h, yaw in the frame of ``pose`` (4, 4) global_from_points; the inverse
-    of :func:`gpicture.eval.nuscenes_detection.lidar_boxes_to_submission`."""
+    of :func:`gpicture.eval.nuscenes_submission.lidar_boxes_to_submission`."""
     rot, t = pose[:3, :3], pose[:3, 3]
     centre = (np.asarray(translation, np.float64) - t) @ rot  # R^T (p - t), row-wise
     r_local = np.einsum("ji,kjl->kil", rot, _quat_to_matrix(np.asarray(rotation, np.float64)))
@@ -140,10 +142,11 @@ def _submission(path: Path) -> dict[str, list[dict]]:
 def check_detection_frames(path: Path, store: VoxelStore) -> None:
     """ValueError unless the predictions file at ``path`` is for frames of ``store``."""
     ids = set(store.frame_ids)
-    if store.attrs["dataset"] == "nuscenes":
-        tokens = set(_submission(Path(path)))
-    else:  # read_objects itself refuses frames outside the store
-        tokens = set(_waymo_objects(Path(path), tuple(store.frame_ids)))
+    match dataset_spec(store.attrs["dataset"]).detection_format:
+        case DetectionFormat.NUSCENES_SUBMISSION:
+            tokens = set(_submission(Path(path)))
+        case DetectionFormat.WAYMO_OBJECTS:  # read_objects itself refuses frames outside the store
+            tokens = set(_waymo_objects(Path(path), tuple(store.frame_ids)))
     extra = sorted(tokens - ids)
     if extra:
         raise ValueError(f"{path}: predictions for {len(extra)} frame(s) that are not in {store.path}, e.g. "
@@ -152,7 +155,7 @@ def check_detection_frames(path: Path, store: VoxelStore) -> None:
 
 @functools.lru_cache(maxsize=2)
 def _waymo_objects(path: Path, frame_ids: tuple[str, ...]) -> dict:
-    from gpicture.eval.waymo_predictions import read_objects
+    from gpicture.eval.waymo_objects import read_objects  # lazy: the Waymo protos only for Waymo
 
     return read_objects(path, frame_ids)
 
@@ -163,7 +166,7 @@ def frame_detections(path: Path, store: VoxelStore, index: int) -> FrameBoxesLid
     path = Path(path)
     check_detection_frames(path, store)
     fid = store.frame_ids[index]
-    if store.attrs["dataset"] == "nuscenes":
+    if dataset_spec(store.attrs["dataset"]).detection_format is DetectionFormat.NUSCENES_SUBMISSION:
         results = _submission(path)
         if fid not in results:
             raise ValueError(f"{path}: no entry for frame {fid!r} of {store.path} (a submission has one per "
@@ -190,8 +193,8 @@ def frame_detections(path: Path, store: VoxelStore, index: int) -> FrameBoxesLid
 
 
 @dataclass
-class OccupancyPrediction:
-    """Predicted occupancy rows of one frame and their grid."""
+class OccupancyRows:
+    """Predicted occupancy rows of one frame and their grid (as read from a predictions folder)."""
 
     grid: OccupancyGridSpec
     rows: np.ndarray  # (K, 4) int64 z, y, x, label 1..C
@@ -200,10 +203,8 @@ class OccupancyPrediction:
 def occupancy_frames(path: Path, store: VoxelStore) -> tuple[OccupancyGridSpec, dict[str, str]]:
     """(grid, frame id -> file name) of an occupancy predictions folder, checked against
     ``store`` (dataset, fingerprint where recorded, frame ids). ValueError naming the folder."""
-    from gpicture.eval.occupancy import META, _read_meta
-
     path = Path(path)
-    grid, files = _read_meta(path, str(store.attrs["dataset"]), None)
+    grid, files = read_meta(path, dataset_spec(store.attrs["dataset"]), None)
     meta = json.loads((path / META).read_text())
     fp = meta.get("store_fingerprint")
     if fp is not None and fp != store.fingerprint:
@@ -216,15 +217,13 @@ def occupancy_frames(path: Path, store: VoxelStore) -> tuple[OccupancyGridSpec, 
     return grid, by_frame
 
 
-def frame_occupancy(path: Path, store: VoxelStore, index: int, num_classes: int) -> OccupancyPrediction:
+def frame_occupancy(path: Path, store: VoxelStore, index: int, num_classes: int) -> OccupancyRows:
     """The occupancy prediction of frame ``index``; ValueError naming the folder when it has none."""
-    from gpicture.eval.occupancy import _read_rows
-
     grid, by_frame = occupancy_frames(path, store)
     fid = store.frame_ids[index]
     if fid not in by_frame:
         raise ValueError(f"{path}: no prediction for frame {fid!r} of {store.path}")
-    return OccupancyPrediction(grid, _read_rows(Path(path) / f"{by_frame[fid]}.npy", grid, num_classes))
+    return OccupancyRows(grid, read_rows(Path(path) / f"{by_frame[fid]}.npy", grid, num_classes))
 
 
 def is_occupancy_predictions(path: Path) -> bool:

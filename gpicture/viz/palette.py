@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from gpicture.data.spec import SegmentationFormat, dataset_spec, nuscenes_class_mapper
+
 BACKGROUND = (1.0, 1.0, 1.0)  # BEV panels: white, for print
 UNLABELLED = (0.78, 0.78, 0.78)  # points / voxels without a label (255) or without a teacher target
 GT_BOX = (0.0, 0.0, 0.0)  # ground-truth outlines and heading marks
@@ -71,28 +73,21 @@ def semantic_palette(dataset: str, store_attrs: dict[str, Any]) -> SemanticPalet
     """The palette of a store's dataset (see the module docstring)."""
     raw = [str(c) for c in store_attrs["classes"]]
     lut = np.full(256, -1, dtype=np.int64)
-    if dataset == "nuscenes":
-        from types import SimpleNamespace
-
-        from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
-
-        # The mapper reads only the name -> index table of a NuScenes object (as in
-        # gpicture.training.finetune_segmentation, without importing torch here).
-        mapper = LidarsegClassMapper(SimpleNamespace(lidarseg_name2idx_mapping={n: i for i, n in enumerate(raw)}))
+    spec = dataset_spec(dataset)
+    if spec.segmentation_format is SegmentationFormat.NUSCENES_LIDARSEG:  # the devkit's classes and colours
+        mapper = nuscenes_class_mapper(raw)
         coarse = sorted(mapper.coarse_name_2_coarse_idx_mapping.items(), key=lambda kv: kv[1])
         names = tuple(n for n, _ in coarse)
         colors = np.array([mapper.coarse_colormap[n] for n in names], dtype=np.float64) / 255.0
         for fine, c in mapper.fine_idx_2_coarse_idx_mapping.items():
             lut[int(fine)] = int(c)
         return SemanticPalette(names, colors, lut)
-    if dataset == "waymo":
-        unknown = [c for c in raw if c not in WAYMO_COLORS]
-        if unknown:
-            raise ValueError(f"Waymo store classes {unknown} have no colour")
-        lut[: len(raw)] = np.arange(len(raw))
-        colors = np.array([WAYMO_COLORS[c] for c in raw], dtype=np.float64) / 255.0
-        return SemanticPalette(tuple(raw), colors, lut)
-    raise ValueError(f"unknown dataset {dataset!r} (nuscenes or waymo)")
+    unknown = [c for c in raw if c not in WAYMO_COLORS]
+    if unknown:
+        raise ValueError(f"Waymo store classes {unknown} have no colour")
+    lut[: len(raw)] = np.arange(len(raw))
+    colors = np.array([WAYMO_COLORS[c] for c in raw], dtype=np.float64) / 255.0
+    return SemanticPalette(tuple(raw), colors, lut)
 
 
 def cluster_colors(ids: np.ndarray) -> np.ndarray:

@@ -35,6 +35,13 @@ from gpicture.data.occupancy_targets import (
     OccupancyGridSpec,
     frame_ground_truth,
 )
+from gpicture.data.spec import (
+    UNLABELLED,
+    DatasetSpec,
+    DetectionFormat,
+    OccupancyTruth,
+    dataset_spec,
+)
 from gpicture.data.store import StoreFrame, VoxelStore
 from gpicture.viz import inputs
 from gpicture.viz.canvas import Picture
@@ -118,6 +125,10 @@ class Sources:
     def dataset(self) -> str:
         return str(self.store.attrs["dataset"])
 
+    @property
+    def spec(self) -> DatasetSpec:
+        return dataset_spec(self.dataset)
+
     @functools.cached_property
     def teacher_store(self):
         return None if self.teacher is None else inputs.open_teacher(self.teacher, self.store)
@@ -133,11 +144,11 @@ class Sources:
         return p if p is not None and not inputs.is_occupancy_predictions(p) else None
 
 
-def _has_occupancy(frame: StoreFrame, dataset: str) -> bool:
-    if dataset == "nuscenes":
+def _has_occupancy(frame: StoreFrame, spec: DatasetSpec) -> bool:
+    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:
         occ = frame.occupancy
         return occ is not None and len(occ) > 0
-    return frame.seg_labels is not None and bool((frame.seg_labels != 255).any())
+    return frame.seg_labels is not None and bool((frame.seg_labels != UNLABELLED).any())
 
 
 def why_not(view: str, src: Sources, frame: StoreFrame) -> str | None:
@@ -146,9 +157,9 @@ def why_not(view: str, src: Sources, frame: StoreFrame) -> str | None:
         return f"unknown view {view!r} (one of all, {', '.join(VIEWS)})"
     if view in ("mask", "teacher") and src.teacher is None:
         return f"the {view} view needs --teacher TEACHER_STORE"
-    if view == "occupancy" and not _has_occupancy(frame, src.dataset):
+    if view == "occupancy" and not _has_occupancy(frame, src.spec):
         return f"frame {frame.frame_id} of {src.store.path} has no occupancy ground truth"
-    if view == "range" and src.dataset != "waymo":
+    if view == "range" and not src.spec.has_range_images:
         return f"the range view is for Waymo stores; {src.store.path} is {src.dataset}"
     return None
 
@@ -166,20 +177,18 @@ def frame_views(view: str, src: Sources, frame: StoreFrame) -> list[str]:
 
 def _occupancy_inputs(src: Sources, frame: StoreFrame, cfg: ShowConfig
                       ) -> tuple[np.ndarray, OccupancyGridSpec, np.ndarray | None, list[str]]:
-    from gpicture.training.finetune_occupancy import occupancy_classes
-
-    names = occupancy_classes(src.dataset, src.store.attrs)
+    names = src.spec.occupancy_classes(src.store.attrs["classes"])
     if src.occupancy_predictions is not None:
         pred = inputs.frame_occupancy(src.occupancy_predictions, src.store, frame.index, len(names))
-        truth = frame_ground_truth(frame, src.dataset, pred.grid)
+        truth = frame_ground_truth(frame, src.spec, pred.grid)
         return truth, pred.grid, pred.rows, names
-    if src.dataset == "nuscenes":  # the finest truth there is: the 0.2 m rows as stored
+    if src.spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:  # the finest truth there is: the 0.2 m rows
         return np.asarray(frame.occupancy, np.int64), OPENOCCUPANCY_GRID, None, names
     grid = cfg.occupancy_grid
     if grid is None:
         g = StoreGrid.from_attrs(src.store.attrs)
         grid = OccupancyGridSpec(g.point_cloud_range, g.voxel_size)  # type: ignore[arg-type]
-    return frame_ground_truth(frame, src.dataset, grid), grid, None, names
+    return frame_ground_truth(frame, src.spec, grid), grid, None, names
 
 
 def render_frame(src: Sources, index: int, views: Sequence[str], cfg: ShowConfig) -> dict[str, Picture]:
@@ -200,7 +209,7 @@ def render_frame(src: Sources, index: int, views: Sequence[str], cfg: ShowConfig
                     det = inputs.frame_detections(src.detection_predictions, src.store, index)
                 out[view] = render_bev(frame, dataset, grid, palette, cfg.color_by, det, cfg.score_threshold, cfg.size)
             case "mask":
-                from gpicture.training.pretrain import MaskConfig
+                from gpicture.training.pretrain import MaskConfig  # lazy: torch only for the mask view
 
                 m = inputs.frame_mask(teacher[0], teacher[1], index, cfg.mask or MaskConfig(), cfg.mask_seed,
                                       cfg.mask_epoch)
@@ -226,7 +235,8 @@ def _plan(src: Sources, frames: Sequence[str | int], view: str, out: Path | None
         i = inputs.resolve_frame(src.store, f)
         fr = src.store[i]
         names = frame_views(view, src, fr)
-        if src.detection_predictions is not None and "bev" in names and src.dataset == "nuscenes":
+        if (src.detection_predictions is not None and "bev" in names
+                and src.spec.detection_format is DetectionFormat.NUSCENES_SUBMISSION):
             inputs.frame_detections(src.detection_predictions, src.store, i)  # every sample needs an entry
         if src.occupancy_predictions is not None and "occupancy" in names:
             _, by_frame = inputs.occupancy_frames(src.occupancy_predictions, src.store)

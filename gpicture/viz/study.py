@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gpicture.atomic import write_file_atomic
 from gpicture.viz.canvas import DPI, FONT, TITLE_FONT, Picture, add_axes_px, new_figure
 
 PANEL_W, PANEL_H = 420, 320
@@ -84,8 +85,6 @@ def plot_study(rows: Sequence[dict[str, Any]], out: Path, title: str | None = No
 def save_any(pic: Picture, out: Path) -> Path:
     """Save a picture as PNG (or PDF / SVG for papers, by the suffix of ``out``), atomically."""
     import io
-
-    from gpicture.atomic import write_file_atomic
 
     fmt = out.suffix.lower().lstrip(".") or "png"
     if fmt not in ("png", "pdf", "svg"):

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 import matplotlib as mpl
 import numpy as np
 
-from gpicture.data.occupancy_targets import IGNORE, OccupancyGridSpec
+from gpicture.data.occupancy_targets import OccupancyGridSpec
+from gpicture.data.spec import OCCUPANCY_IGNORE
 from gpicture.data.store import StoreFrame
+from gpicture.eval.occupancy import frame_confusion
 from gpicture.viz import palette as pal
 from gpicture.viz.canvas import LEGEND, Picture, bev_row, show_raster
 from gpicture.viz.draw import colorbar, draw_boxes, patch_legend
@@ -306,11 +308,9 @@ def comparison_columns(truth: np.ndarray, prediction: np.ndarray, grid: Occupanc
 def frame_occupancy_scores(truth: np.ndarray, prediction: np.ndarray, grid: OccupancyGridSpec,
                            num_classes: int) -> tuple[float, float]:
     """(geometric IoU, mIoU over the classes present in truth or prediction) of one frame, as
-    :mod:`gpicture.eval.occupancy` scores a split (IGNORE truth voxels excluded)."""
-    from gpicture.eval.occupancy import frame_confusion
-
+    :mod:`gpicture.eval.occupancy` scores a split (OCCUPANCY_IGNORE truth voxels excluded)."""
     c = max(num_classes, int(np.max(prediction[:, 3], initial=0)),
-            int(np.max(np.where(truth[:, 3] == IGNORE, 0, truth[:, 3]), initial=0)))
+            int(np.max(np.where(truth[:, 3] == OCCUPANCY_IGNORE, 0, truth[:, 3]), initial=0)))
     conf = frame_confusion(np.asarray(truth), np.asarray(prediction), grid.shape_zyx, c).astype(np.float64)
     occ_t, occ_p = conf[1:, :].sum(), conf[:, 1:].sum()
     both = conf[1:, 1:].sum()

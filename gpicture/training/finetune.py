@@ -1,0 +1,255 @@
+"""One fine-tuning run and one prediction loop for every downstream task.
+
+A task (:mod:`gpicture.tasks.detection`, ``segmentation``, ``occupancy``) implements the
+small :class:`FinetuneTask` protocol: which frames carry its labels, its dataset and
+collate, its model (built from a typed head configuration, the part of its settings that
+shapes the model), its loss and its inference. :func:`finetune` runs the shared recipe on
+it — a seeded label fraction, a pre-trained or scratch student (with a report of loaded,
+missing and unexpected keys), the training engine with a run key, the model file —
+and :func:`predict` runs a fine-tuned model over a split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gpicture.data.spec import DatasetSpec
+from gpicture.data.store import VoxelStore
+from gpicture.models.student import Student
+from gpicture.teacher.checkpoint import file_sha256
+from gpicture.training.engine import (
+    DistInfo,
+    StepContext,
+    TrainConfig,
+    fit,
+    run_key,
+    save_atomic,
+    unwrap,
+)
+
+SettingsT = TypeVar("SettingsT")
+HeadT = TypeVar("HeadT")
+ModelT = TypeVar("ModelT", bound=nn.Module)
+BatchT = TypeVar("BatchT")
+PredT = TypeVar("PredT")
+
+
+class TaskDataset(Protocol):
+    """A torch Dataset of a task's typed items whose augmentation is seeded by ``epoch``."""
+
+    epoch: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Any: ...
+
+
+class FinetuneTask(Protocol[SettingsT, HeadT, ModelT, BatchT, PredT]):
+    """What :func:`finetune` and :func:`predict` need of a downstream task."""
+
+    name: str  # "detection", ...: the model file's format is f"gpicture-{name}"
+
+    def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
+        """Store indices of the frames that carry this task's labels (ValueError if none)."""
+        ...
+
+    def dataset(self, store: Path, spec: DatasetSpec, feature_names: list[str], frames: list[int],
+                settings: SettingsT, seed: int) -> TaskDataset:
+        """Training items of ``frames`` with ``settings``' augmentation (seeded by ``seed``)."""
+        ...
+
+    def prediction_set(self, model: ModelT, store: Path) -> TaskDataset:
+        """The items a fine-tuned ``model`` predicts on a split, in store order, unaugmented."""
+        ...
+
+    def collate(self, items: list[Any]) -> BatchT: ...
+
+    def head(self, settings: SettingsT) -> HeadT:
+        """The part of the settings that shapes the model (saved with it)."""
+        ...
+
+    def head_from_dict(self, d: dict[str, Any]) -> HeadT: ...
+
+    def build(self, spec: DatasetSpec, model_params: dict[str, Any], store_attrs: dict[str, Any],
+              head: HeadT) -> ModelT: ...
+
+    def loss(self, model: nn.Module, batch: BatchT) -> tuple[Tensor, dict[str, float]]:
+        """The training loss; ``model`` may be wrapped by DDP (forward through the wrapper)."""
+        ...
+
+    def infer(self, model: ModelT, batch: BatchT, frame_ids: list[str]) -> list[PredT]:
+        """One prediction per frame of the batch (``frame_ids`` its frames' ids)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """What every fine-tuning run takes besides its task and the task's settings."""
+
+    spec: DatasetSpec
+    model_params: dict[str, Any]  # the dataset's model profile
+    store: Path  # the labelled (train) split
+    out_dir: Path
+    train: TrainConfig
+    dist: DistInfo
+    init: Path | None = None  # a pre-trained student.pt; None: from scratch
+    label_fraction: float = 1.0
+    resume: bool = True
+    progress: bool = True
+
+
+def label_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """A seeded subset of round(fraction * n) of n items (at least one), in order."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--label-fraction must be in (0, 1], got {fraction}")
+    k = max(1, round(fraction * n))
+    return sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
+
+
+def resolve_init(init: str, dataset: str) -> Path | None:
+    """``pretrained`` -> models/pretrain/<dataset>/student.pt, ``scratch`` -> None, else a path
+    (ValueError when the student file is missing)."""
+    if init == "scratch":
+        return None
+    path = Path(f"models/pretrain/{dataset}/student.pt") if init == "pretrained" else Path(init)
+    if not path.is_file():
+        raise ValueError(f"{path}: no pre-trained student (run `gpicture pretrain --dataset {dataset}` "
+                         "or pass --init scratch)")
+    return path
+
+
+def load_pretrained_student(student: Student, path: Path) -> dict[str, list[str]]:
+    """Load a pre-trained student (``student.pt``) into ``student``; returns the loaded,
+    missing and unexpected keys. A file that is no student, or whose weights do not fit (mismatched
+    shapes, nothing loadable), is refused with a ValueError naming it."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != "gpicture-student":
+        raise ValueError(f"{path}: not a gpicture pre-trained student (student.pt)")
+    own = student.state_dict()
+    weights = state["student"]
+    loaded = [k for k in weights if k in own and own[k].shape == weights[k].shape]
+    mismatched = [k for k in weights if k in own and own[k].shape != weights[k].shape]
+    if not loaded or mismatched:
+        raise ValueError(f"{path}: does not fit this student: {len(mismatched)} mismatched keys "
+                         f"({', '.join(mismatched[:5])}), {len(loaded)} loadable")
+    student.load_state_dict({k: weights[k] for k in loaded}, strict=False)
+    return {"loaded": loaded, "missing": sorted(set(own) - set(loaded)), "unexpected": sorted(set(weights) - set(own))}
+
+
+def init_student(student: Student, init: Path | None, out_dir: Path, label_fraction: float, frames: int,
+                 write: bool = True) -> dict[str, Any]:
+    """Initialise ``student`` from ``init`` (None: from scratch, as constructed) and write
+    ``out_dir/init_report.json`` (when ``write``: the main process). Returns the report."""
+    if init is None:
+        report = {"loaded": [], "missing": "all (from scratch)", "unexpected": []}
+    else:
+        report = load_pretrained_student(student, init)
+    summary = {"init": str(init) if init else "scratch", "label_fraction": label_fraction, "frames": frames,
+               "loaded": len(report["loaded"]), "missing": report["missing"], "unexpected": report["unexpected"]}
+    if write:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "init_report.json").write_text(json.dumps(summary, indent=1))
+    return report
+
+
+class EpochHook:
+    """Engine hooks for a dataset whose augmentation is seeded by the epoch: sets ``ds.epoch``."""
+
+    def __init__(self, ds: TaskDataset) -> None:
+        self.ds = ds
+
+    def epoch_start(self, epoch: int) -> dict[str, float]:
+        self.ds.epoch = epoch
+        return {}
+
+    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _step(model: nn.Module, batch: Any, ctx: StepContext, task: FinetuneTask) -> tuple[Tensor, dict[str, float]]:
+    return task.loss(model, batch.to(ctx.device))
+
+
+def finetune(task: FinetuneTask[SettingsT, HeadT, ModelT, Any, Any], settings: SettingsT,
+             run: FinetuneRun) -> dict[str, float]:
+    """Fine-tune ``task``'s model on ``run.label_fraction`` of the labelled frames of ``run.store``;
+    writes ``model.pt``, ``init_report.json``, ``checkpoint.pt`` and dvclive logs in
+    ``run.out_dir`` and returns the last epoch's mean losses."""
+    spec, seed = run.spec, run.train.seed
+    src = VoxelStore.open(run.store)
+    if src.attrs["dataset"] != spec.name:
+        raise ValueError(f"{run.store}: a {src.attrs['dataset']} store, not {spec.name}")
+    labelled = task.labelled_frames(src, spec)
+    frames = [labelled[i] for i in label_subset(len(labelled), run.label_fraction, seed)]
+    ds = task.dataset(run.store, spec, list(run.model_params["point_features"]), frames, settings, seed)
+    torch.manual_seed(seed)
+    head = task.head(settings)
+    model = task.build(spec, run.model_params, src.attrs, head)
+    out_dir = Path(run.out_dir)
+    init_student(model.student, run.init, out_dir, run.label_fraction, len(frames), write=run.dist.is_main)
+    key = run_key(task=task.name, dataset=spec.name, model_params=run.model_params, store=src.fingerprint,
+                  init=None if run.init is None else file_sha256(run.init), label_fraction=run.label_fraction,
+                  settings=str(settings))
+    metrics = fit(model, ds, task.collate, functools.partial(_step, task=task), run.train, out_dir, run.dist,
+                  hooks=EpochHook(ds), progress=run.progress, run_key=key, resume=run.resume)
+    if run.dist.is_main:
+        save_atomic({"format": f"gpicture-{task.name}", "dataset": spec.name, "model_params": run.model_params,
+                     "head": dataclasses.asdict(head), "state": unwrap(model).state_dict()}, out_dir / "model.pt")
+    return metrics
+
+
+def load_model(task: FinetuneTask[Any, Any, ModelT, Any, Any], path: Path, spec: DatasetSpec,
+               store_attrs: dict[str, Any]) -> ModelT:
+    """A model written by :func:`finetune` for ``task``, in eval mode on the CPU. A file that is
+    no such model, one for another dataset than the store's, or weights that do not fit the
+    model they describe are refused with a ValueError naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such {task.name} model")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (pickle and zip errors of every kind)
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from None
+    fmt = f"gpicture-{task.name}"
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"{path}: not a gpicture {task.name} model (format {fmt!r})")
+    if state["dataset"] != spec.name or store_attrs.get("dataset") != spec.name:
+        raise ValueError(f"{path}: a {state['dataset']} model, the store holds {store_attrs.get('dataset')}")
+    model = task.build(spec, state["model_params"], store_attrs, task.head_from_dict(state["head"]))
+    try:
+        model.load_state_dict(state["state"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model they describe ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(task: FinetuneTask[Any, Any, ModelT, Any, PredT], model: ModelT, store: Path,
+            batch_size: int = 2) -> Iterator[PredT]:
+    """``task``'s predictions for the frames of ``store`` (the task's prediction frames, in
+    store order), on the model's device; a generator: a split is never held in memory whole."""
+    model.eval()
+    device = next(model.parameters()).device
+    ds = task.prediction_set(model, Path(store))
+    ids = VoxelStore.open(store).frame_ids
+    for b0 in range(0, len(ds), batch_size):
+        batch = task.collate([ds[i] for i in range(b0, min(b0 + batch_size, len(ds)))])
+        frame_ids = [ids[k] for k in batch.voxels.frame_index.tolist()]
+        yield from task.infer(model, batch.to(device), frame_ids)
