@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -140,6 +140,8 @@ class OccupancyTask:
     """The occupancy task."""
 
     name: str = "occupancy"
+    collate: ClassVar = staticmethod(collate_occupancy)
+    head_type: ClassVar = OccupancyHead
 
     def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> OccupancySettings:
         """From the (profile-merged) ``finetune.occupancy`` section: ``grid.<dataset>``,
@@ -167,15 +169,6 @@ class OccupancyTask:
     def prediction_set(self, model: Occupier, store: Path) -> OccupancyDataset:
         # the frames with ground truth, on the model's grid, without targets
         return OccupancyDataset(store, list(model.student.cfg.point_features), model.grid_spec, targets=False)
-
-    def collate(self, items: list[OccupancyItem]) -> OccupancyBatch:
-        return collate_occupancy(items)
-
-    def head(self, settings: OccupancySettings) -> OccupancyHead:
-        return settings.head
-
-    def head_from_dict(self, d: dict[str, Any]) -> OccupancyHead:
-        return OccupancyHead.from_dict(d)
 
     def build(self, spec: DatasetSpec, model_params: dict[str, Any], store_attrs: dict[str, Any],
               head: OccupancyHead) -> Occupier:

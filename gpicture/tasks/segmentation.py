@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -144,6 +144,8 @@ class SegmentationTask:
     """The segmentation task."""
 
     name: str = "segmentation"
+    collate: ClassVar = staticmethod(collate_segmentation)
+    head_type: ClassVar = SegmentationHead
 
     def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> SegmentationSettings:
         """From the merged ``finetune.segmentation`` section (the keys are the same for both datasets)."""
@@ -160,15 +162,6 @@ class SegmentationTask:
 
     def prediction_set(self, model: Segmenter, store: Path) -> SegmentationDataset:
         return SegmentationDataset(store, list(model.student.cfg.point_features))  # every segmented point, as stored
-
-    def collate(self, items: list[SegmentationItem]) -> SegmentationBatch:
-        return collate_segmentation(items)
-
-    def head(self, settings: SegmentationSettings) -> SegmentationHead:
-        return settings.head
-
-    def head_from_dict(self, d: dict[str, Any]) -> SegmentationHead:
-        return SegmentationHead.from_dict(d)
 
     def build(self, spec: DatasetSpec, model_params: dict[str, Any], store_attrs: dict[str, Any],
               head: SegmentationHead) -> Segmenter:

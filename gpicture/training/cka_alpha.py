@@ -13,6 +13,7 @@ from gpicture.data.batch import collate_frames
 from gpicture.data.store import VoxelStore
 from gpicture.models.cka import linear_cka
 from gpicture.models.student import Student, StudentConfig
+from gpicture.training.engine import load_weights
 
 
 def load_student(path: Path, store_attrs: dict[str, Any]) -> Student:
@@ -21,12 +22,7 @@ def load_student(path: Path, store_attrs: dict[str, Any]) -> Student:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "student" not in state or "model_params" not in state:
         raise ValueError(f"{path}: not a gpicture student checkpoint (needs 'student' and 'model_params')")
-    model = Student(StudentConfig.from_params(state["model_params"], store_attrs))
-    try:
-        model.load_state_dict(state["student"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the student it describes ({exc})") from None
-    return model.eval()
+    return load_weights(Student(StudentConfig.from_params(state["model_params"], store_attrs)), state["student"], path)
 
 
 @torch.no_grad()

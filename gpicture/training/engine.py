@@ -112,6 +112,16 @@ def run_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def load_weights(model: nn.Module, weights: dict[str, Tensor], path: Path) -> nn.Module:
+    """``model`` with ``weights`` loaded strictly, in eval mode; ValueError naming ``path`` when
+    they do not fit the model the checkpoint describes."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model they describe ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` through a temporary file renamed into place (never a half-written file)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

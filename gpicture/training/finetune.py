@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -33,6 +33,7 @@ from gpicture.training.engine import (
     TrainConfig,
     fit,
     run_key,
+    load_weights,
     save_atomic,
     unwrap,
 )
@@ -72,13 +73,8 @@ class FinetuneTask(Protocol[SettingsT, HeadT, ModelT, BatchT, PredT]):
         """The items a fine-tuned ``model`` predicts on a split, in store order, unaugmented."""
         ...
 
-    def collate(self, items: list[Any]) -> BatchT: ...
-
-    def head(self, settings: SettingsT) -> HeadT:
-        """The part of the settings that shapes the model (saved with it)."""
-        ...
-
-    def head_from_dict(self, d: dict[str, Any]) -> HeadT: ...
+    collate: Callable[[list[Any]], BatchT]  # items -> batch
+    head_type: type[HeadT]  # `settings.head`, the settings that shape the model (saved with it), has from_dict
 
     def build(self, spec: DatasetSpec, model_params: dict[str, Any], store_attrs: dict[str, Any],
               head: HeadT) -> ModelT: ...
@@ -200,7 +196,7 @@ def finetune(task: FinetuneTask[SettingsT, HeadT, ModelT, Any, Any], settings: S
     frames = [labelled[i] for i in label_subset(len(labelled), run.label_fraction, seed)]
     ds = task.dataset(run.store, spec, list(run.model_params["point_features"]), frames, settings, seed)
     torch.manual_seed(seed)
-    head = task.head(settings)
+    head = settings.head
     model = task.build(spec, run.model_params, src.attrs, head)
     out_dir = Path(run.out_dir)
     init_student(model.student, run.init, out_dir, run.label_fraction, len(frames), write=run.dist.is_main)
@@ -232,12 +228,8 @@ def load_model(task: FinetuneTask[Any, Any, ModelT, Any, Any], path: Path, spec:
         raise ValueError(f"{path}: not a gpicture {task.name} model (format {fmt!r})")
     if state["dataset"] != spec.name or store_attrs.get("dataset") != spec.name:
         raise ValueError(f"{path}: a {state['dataset']} model, the store holds {store_attrs.get('dataset')}")
-    model = task.build(spec, state["model_params"], store_attrs, task.head_from_dict(state["head"]))
-    try:
-        model.load_state_dict(state["state"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the model they describe ({str(exc).splitlines()[0]})") from None
-    return model.eval()
+    model = task.build(spec, state["model_params"], store_attrs, task.head_type.from_dict(state["head"]))
+    return load_weights(model, state["state"], path)
 
 
 @torch.no_grad()

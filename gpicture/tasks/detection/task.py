@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import Tensor, nn
@@ -25,7 +25,6 @@ from gpicture.models.detection.model import DetectionBatch, Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.tasks.detection.data import (
     DetectionDataset,
-    DetectionItem,
     collate_detection,
 )
 from gpicture.tasks.detection.gt_sampling import GTSamplingConfig
@@ -59,6 +58,8 @@ class DetectionTask:
 
     score_threshold: float = 0.1
     name: str = "detection"
+    collate: ClassVar = staticmethod(collate_detection)
+    head_type: ClassVar = DetectionHead
 
     def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> DetectionSettings:
         g = sec.get("gt_sampling")
@@ -83,15 +84,6 @@ class DetectionTask:
     def prediction_set(self, model: Detector, store: Path) -> DetectionDataset:
         names = [n for t in model.head.tasks for n in t]  # every frame, as stored (boxes unused)
         return DetectionDataset(store, list(model.student.cfg.point_features), names, {})
-
-    def collate(self, items: list[DetectionItem]) -> DetectionBatch:
-        return collate_detection(items)
-
-    def head(self, settings: DetectionSettings) -> DetectionHead:
-        return settings.head
-
-    def head_from_dict(self, d: dict[str, Any]) -> DetectionHead:
-        return DetectionHead.from_dict(d)
 
     def build(self, spec: DatasetSpec, model_params: dict[str, Any], store_attrs: dict[str, Any],
               head: DetectionHead) -> Detector:
