@@ -16,22 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from gpicture.data.frame import RawFrame
+from gpicture.data.schema import FIELDS
+from gpicture.data.spec import DATASETS, NUSCENES, WAYMO, dataset_spec
 from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.data.taxonomy import NUSCENES_CATEGORIES, WAYMO_SEG_CLASSES
-
-WAYMO_BOX_TYPES = ["TYPE_UNKNOWN", "TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_SIGN", "TYPE_CYCLIST"]
-NUSCENES_FEATURES = ["intensity", "ring", "time_lag"]
-WAYMO_FEATURES = ["intensity", "elongation", "return_index", "nlz", "laser"]
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
     """What to convert and how (built once from the ``convert`` section of params.yaml)."""
 
-    dataset: str  # "nuscenes" | "waymo"
+    dataset: str  # a name of gpicture.data.spec.DATASETS
     root: Path
     split: str  # the dataset's own split name: mini_train, val, ... / training, validation
     grid: VoxelGrid
@@ -41,8 +37,8 @@ class ConvertConfig:
     shard: tuple[int, int] = (0, 1)  # (index, count)
 
     def validate(self) -> None:
-        if self.dataset not in ("nuscenes", "waymo"):
-            raise ValueError(f"unknown dataset {self.dataset!r} (nuscenes or waymo)")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r} ({' or '.join(DATASETS)})")
         if self.sweeps < 1:
             raise ValueError(f"sweeps must be >= 1, got {self.sweeps}")
         if self.workers < 1:
@@ -67,17 +63,18 @@ def parse_shard(text: str) -> tuple[int, int]:
 def encode_frame(frame: RawFrame, grid: VoxelGrid) -> EncodedFrame:
     """Voxelize a reader's frame on the canonical grid."""
     coords, point_voxel = grid.voxelize(frame.points)
-    return EncodedFrame(
-        frame_id=frame.frame_id, scene=frame.scene, timestamp_us=frame.timestamp_us, pose=frame.pose,
-        points=frame.points, features=frame.features, seg_labels=frame.seg_labels,
-        voxel_coords=coords, point_voxel=point_voxel, boxes=frame.boxes, box_names=frame.box_names,
-        box_velocity=frame.box_velocity, box_num_points=frame.box_num_points, box_ids=frame.box_ids,
-        box_difficulty=frame.box_difficulty, occupancy=frame.occupancy,
-        dropped_nonfinite=int(frame.extra.get("dropped_nonfinite", 0)),
-    )
+    return EncodedFrame(**_fields(frame, derived=False), voxel_coords=coords, point_voxel=point_voxel,
+                        dropped_nonfinite=int(frame.extra.get("dropped_nonfinite", 0)))
+
+
+def _fields(frame: Any, derived: bool = True) -> dict[str, Any]:
+    """The schema's fields of a frame (those the readers fill only, without ``derived``)."""
+    return {f.name: getattr(frame, f.name) for f in FIELDS if derived or not f.derived}
 
 
 # -- sources ----------------------------------------------------------------------------------
+# The readers are imported where they are used: they load the nuScenes devkit or the Waymo
+# protos, which `gpicture convert` of the other dataset (and the CLI's start) does without.
 
 _WORKER: dict[str, Any] = {}
 
@@ -115,7 +112,8 @@ def _file_digest(path: Path, h: Any, head: int = 1 << 20) -> None:
 def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, dict[str, Any]]:
     """Frame references, the loader, the worker initializer and the store attributes."""
     h = hashlib.sha256()
-    if cfg.dataset == "nuscenes":
+    spec = dataset_spec(cfg.dataset)
+    if spec is NUSCENES:
         from gpicture.data.nuscenes_reader import open_nuscenes, split_sample_tokens
 
         nusc = open_nuscenes(cfg.root, cfg.version)
@@ -123,29 +121,27 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         for table in sorted((cfg.root / cfg.version).glob("*.json")):
             _file_digest(table, h, head=1 << 30)
         refs = [(t, cfg.sweeps, cfg.grid) for t in tokens]
-        attrs = {"classes": list(NUSCENES_CATEGORIES), "version": cfg.version, "sweeps": cfg.sweeps}
-        box_classes = list(NUSCENES_CATEGORIES)
-        features = NUSCENES_FEATURES
+        attrs = {"classes": list(spec.raw_classes), "version": cfg.version, "sweeps": cfg.sweeps}
         init, init_args = _init_nuscenes_worker, (str(cfg.root), cfg.version)
         _WORKER["nusc"] = nusc  # the serial path uses the same object
         loader = _load_nuscenes
-    else:
+    elif spec is WAYMO:
         from gpicture.data.waymo.reader import frame_refs, segment_files
 
         files = segment_files(cfg.root, cfg.split)
         for f in files:
             _file_digest(f, h)
         refs = [(str(p), i, cfg.grid) for p, i in frame_refs(files)]
-        attrs = {"classes": list(WAYMO_SEG_CLASSES), "sweeps": 1}
-        box_classes = WAYMO_BOX_TYPES
-        features = WAYMO_FEATURES
+        attrs = {"classes": list(spec.raw_classes), "sweeps": 1}
         init, init_args = None, ()
         loader = _load_waymo
+    else:
+        raise ValueError(f"dataset {spec.name!r}: no reader")
     attrs.update({
         "dataset": cfg.dataset, "split": cfg.split, "source_root": str(cfg.root),
         "point_cloud_range": list(cfg.grid.point_cloud_range), "voxel_size": list(cfg.grid.voxel_size),
         "grid_shape_zyx": list(cfg.grid.shape_zyx), "source_fingerprint": h.hexdigest(),
-        "frames_in_source": len(refs), "box_classes": box_classes, "feature_names": features,
+        "frames_in_source": len(refs), "box_classes": list(spec.box_types), "feature_names": list(spec.point_features),
     })
     i, n = cfg.shard
     lo, hi = i * len(refs) // n, (i + 1) * len(refs) // n
@@ -207,14 +203,7 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False,
     with StoreWriter(out, attrs, list(ref["feature_names"]), list(ref["box_classes"]), force=force) as w:
         for s in stores:
             for i in range(len(s)):
-                f = s[i]
-                w.append(EncodedFrame(
-                    frame_id=f.frame_id, scene=f.scene, timestamp_us=f.timestamp_us, pose=f.pose, points=f.points,
-                    features=f.features, seg_labels=f.seg_labels, voxel_coords=f.voxel_coords,
-                    point_voxel=f.point_voxel, boxes=f.boxes, box_names=f.box_names, box_velocity=f.box_velocity,
-                    box_num_points=f.box_num_points, box_ids=f.box_ids, box_difficulty=f.box_difficulty,
-                    occupancy=f.occupancy,
-                ))
+                w.append(EncodedFrame(**_fields(s[i])))
                 done += 1
                 if progress:
                     progress(done, total)

@@ -30,11 +30,11 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from gpicture.data.frame import RawFrame
+from gpicture.data.spec import UNLABELLED
 from gpicture.geometry import quat_mul
 
 LIDAR = "LIDAR_TOP"
 MIN_DISTANCE = 1.0  # from_file_multisweep's default min_distance (m)
-UNLABELLED = 255
 POINT_DIMS = 5  # x, y, z, intensity, ring (float32)
 
 TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
@@ -173,8 +173,6 @@ def _lidarseg_labels(nusc: NuScenes, sd_token: str, n_points: int) -> np.ndarray
 # ---------------------------------------------------------------------------------------
 # Boxes
 # ---------------------------------------------------------------------------------------
-
-
 
 
 def _quat_inv(q: np.ndarray) -> np.ndarray:
