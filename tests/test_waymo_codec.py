@@ -9,18 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from waymo_open_dataset import dataset_pb2, label_pb2
+from waymo_segmentation import decode_segmentation
 
+from gpicture.data.waymo import matrix_codec as mc
 from gpicture.data.waymo import range_image as ri
 from gpicture.data.waymo.frame import (
     decode_laser_points,
     decode_pixel_pose,
     decode_range_image,
-    decode_segmentation,
     laser_calibration,
 )
-from gpicture.data.waymo.tfrecord import TFRecordError, iter_records, masked_crc32c, write_records
+from gpicture.data.waymo.tfrecord import (
+    TFRecordError,
+    iter_records,
+    masked_crc32c,
+    write_records,
+)
 from gpicture.synth.records import ObjectStates, WaymoFrame, WaymoLaser, WaymoReturn
 from gpicture.synth.waymo_writer import frame_to_proto, label_id, write_segment
 
@@ -131,12 +136,12 @@ def test_matrix_float_matches_protobuf(shape: tuple[int, ...]) -> None:
     a = np.random.default_rng(1).normal(scale=50, size=shape).astype(np.float32)
     reference = _pb_float(a).SerializeToString()
     for level in (1, 6):
-        encoded = ri.encode_matrix_float(a, level)
+        encoded = mc.encode_matrix_float(a, level)
         assert zlib.decompress(encoded) == reference
         parsed = dataset_pb2.MatrixFloat.FromString(zlib.decompress(encoded))
         assert list(parsed.shape.dims) == list(shape)
         np.testing.assert_array_equal(np.asarray(parsed.data, np.float32).reshape(shape), a)
-    decoded = ri.decode_matrix_float(zlib.compress(reference))
+    decoded = mc.decode_matrix_float(zlib.compress(reference))
     assert decoded.dtype == np.float32 and decoded.shape == shape
     np.testing.assert_array_equal(decoded, a)
     decoded.flat[:1] = 0  # writable
@@ -149,15 +154,15 @@ def test_matrix_int32_matches_protobuf(shape: tuple[int, ...]) -> None:
     special = np.array([0, 1, 127, 128, 16383, 16384, -1, -128, 2**31 - 1, -(2**31)], np.int32)
     a.flat[: min(a.size, special.size)] = special[: a.size]
     reference = _pb_int32(a).SerializeToString()
-    assert zlib.decompress(ri.encode_matrix_int32(a)) == reference
-    decoded = ri.decode_matrix_int32(zlib.compress(reference))
+    assert zlib.decompress(mc.encode_matrix_int32(a)) == reference
+    decoded = mc.decode_matrix_int32(zlib.compress(reference))
     assert decoded.dtype == np.int32 and decoded.shape == shape
     np.testing.assert_array_equal(decoded, a)
     small = rng.integers(0, 23, size=(5, 9, 2)).astype(np.int32)  # the all-one-byte fast path
-    assert zlib.decompress(ri.encode_matrix_int32(small)) == _pb_int32(small).SerializeToString()
-    np.testing.assert_array_equal(ri.decode_matrix_int32(ri.encode_matrix_int32(small)), small)
-    zeros = ri.encode_zeros_int32((3, 4, 6), 6)
-    np.testing.assert_array_equal(ri.decode_matrix_int32(zeros), np.zeros((3, 4, 6), np.int32))
+    assert zlib.decompress(mc.encode_matrix_int32(small)) == _pb_int32(small).SerializeToString()
+    np.testing.assert_array_equal(mc.decode_matrix_int32(mc.encode_matrix_int32(small)), small)
+    zeros = mc.encode_zeros_int32((3, 4, 6), 6)
+    np.testing.assert_array_equal(mc.decode_matrix_int32(zeros), np.zeros((3, 4, 6), np.int32))
 
 
 def test_matrix_decoders_accept_any_valid_layout() -> None:
@@ -169,15 +174,15 @@ def test_matrix_decoders_accept_any_valid_layout() -> None:
     first.ClearField("shape")
     second.ClearField("shape")
     payload = shape_only.SerializeToString() + first.SerializeToString() + second.SerializeToString()
-    np.testing.assert_array_equal(ri.decode_matrix_float(zlib.compress(payload)), a)
+    np.testing.assert_array_equal(mc.decode_matrix_float(zlib.compress(payload)), a)
     unpacked = b"".join(b"\x0d" + np.float32(v).tobytes() for v in a.ravel()) + shape_only.SerializeToString()
-    np.testing.assert_array_equal(ri.decode_matrix_float(zlib.compress(unpacked)), a)
+    np.testing.assert_array_equal(mc.decode_matrix_float(zlib.compress(unpacked)), a)
 
     b = (np.arange(12, dtype=np.int32) * 300 - 1000).reshape(3, 4)
-    unpacked = b"".join(b"\x08" + ri._varint(int(v)) for v in b.ravel()) + _shape_bytes(b.shape)
-    np.testing.assert_array_equal(ri.decode_matrix_int32(zlib.compress(unpacked)), b)
-    reordered = _shape_bytes(b.shape) + ri.matrix_int32_bytes(b.ravel())[: -len(_shape_bytes((12,)))]
-    np.testing.assert_array_equal(ri.decode_matrix_int32(zlib.compress(reordered)), b)
+    unpacked = b"".join(b"\x08" + mc._varint(int(v)) for v in b.ravel()) + _shape_bytes(b.shape)
+    np.testing.assert_array_equal(mc.decode_matrix_int32(zlib.compress(unpacked)), b)
+    reordered = _shape_bytes(b.shape) + mc.matrix_int32_bytes(b.ravel())[: -len(_shape_bytes((12,)))]
+    np.testing.assert_array_equal(mc.decode_matrix_int32(zlib.compress(reordered)), b)
 
 
 def _shape_bytes(shape: tuple[int, ...]) -> bytes:
@@ -404,7 +409,7 @@ def test_written_frame_content(frame: WaymoFrame, parsed: dataset_pb2.Frame) -> 
     for laser in parsed.lasers:
         h, w = (8, 64) if laser.name == TOP else (4, 32)
         for r in (laser.ri_return1, laser.ri_return2):
-            np.testing.assert_array_equal(ri.decode_matrix_int32(r.camera_projection_compressed),
+            np.testing.assert_array_equal(mc.decode_matrix_int32(r.camera_projection_compressed),
                                           np.zeros((h, w, 6), np.int32))
         assert not laser.ri_return2.range_image_pose_compressed
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from waymo_open_dataset import dataset_pb2, label_pb2
+from waymo_segmentation import decode_segmentation
 
 from gpicture.data.frame import RawFrame
-from gpicture.data.waymo.frame import decode_range_image, decode_segmentation
-from gpicture.data.waymo.range_image import decode_matrix_float, encode_matrix_float
+from gpicture.data.waymo.frame import decode_range_image
+from gpicture.data.waymo.matrix_codec import decode_matrix_float, encode_matrix_float
 from gpicture.data.waymo.reader import frame_refs, read_frame, segment_files
 from gpicture.data.waymo.tfrecord import (
     TFRecordError,

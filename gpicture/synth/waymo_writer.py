@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
 from waymo_open_dataset import dataset_pb2, label_pb2
 
-from gpicture.data.waymo.range_image import (
+from gpicture.data.waymo.matrix_codec import (
     DEFAULT_ZLIB_LEVEL,
     encode_matrix_float,
     encode_matrix_int32,

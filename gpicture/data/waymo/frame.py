@@ -9,15 +9,10 @@ other lidars have none. Points come out in the vehicle frame of ``Frame.pose`` (
 from __future__ import annotations
 
 import numpy as np
-
 from waymo_open_dataset import dataset_pb2
 
-from gpicture.data.waymo.range_image import (
-    decode_matrix_float,
-    decode_matrix_int32,
-    inclinations,
-    range_image_to_points,
-)
+from gpicture.data.waymo.matrix_codec import decode_matrix_float
+from gpicture.data.waymo.range_image import inclinations, range_image_to_points
 
 
 def laser_calibration(frame: dataset_pb2.Frame, laser_name: int) -> dataset_pb2.LaserCalibration:
@@ -52,12 +47,6 @@ def frame_pose(frame: dataset_pb2.Frame) -> np.ndarray:
 def decode_range_image(frame: dataset_pb2.Frame, laser_name: int, return_index: int) -> np.ndarray:
     """``(H, W, 4)`` float32 range (m), intensity, elongation, is_in_nlz of one return (0 or 1)."""
     return decode_matrix_float(_return(frame, laser_name, return_index).range_image_compressed)
-
-
-def decode_segmentation(frame: dataset_pb2.Frame, laser_name: int, return_index: int) -> np.ndarray | None:
-    """``(H, W, 2)`` int32 instance id, Waymo segmentation class of one return; None when not labelled."""
-    data = _return(frame, laser_name, return_index).segmentation_label_compressed
-    return decode_matrix_int32(data) if data else None
 
 
 def decode_pixel_pose(frame: dataset_pb2.Frame, laser_name: int) -> np.ndarray | None:

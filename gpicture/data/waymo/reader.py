@@ -25,23 +25,17 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
-
 from waymo_open_dataset import dataset_pb2, label_pb2
 
 from gpicture.data.frame import RawFrame
+from gpicture.data.spec import UNLABELLED, WAYMO
 from gpicture.data.waymo.frame import frame_pose
-from gpicture.data.waymo.range_image import (
-    decode_matrix_float,
-    decode_matrix_int32,
-    inclinations,
-    range_image_to_points,
-)
+from gpicture.data.waymo.matrix_codec import decode_matrix_float, decode_matrix_int32
+from gpicture.data.waymo.range_image import inclinations, range_image_to_points
 from gpicture.data.waymo.tfrecord import read_record, record_offsets
 
 SPLITS = {"training": "training", "train": "training", "validation": "validation", "val": "validation",
           "testing": "testing", "test": "testing"}
-SEG_UNLABELLED = 255  # seg_labels of points from a return without segmentation labels
-FEATURES = ("intensity", "elongation", "return_index", "nlz", "laser")
 
 
 def segment_files(root: Path, split: str) -> list[Path]:
@@ -107,7 +101,7 @@ def _laser_name(value: int) -> str:
     return enum.Name(value) if value in enum.values() else str(value)
 
 
-def _decode(where: str, what: str, decoder, data: bytes) -> np.ndarray:  # noqa: ANN001
+def _decode(where: str, what: str, decoder, data: bytes) -> np.ndarray:
     try:
         return decoder(data)
     except Exception as e:  # zlib.error, ValueError, DecodeError: all mean a corrupt field
@@ -145,7 +139,7 @@ def read_frame(path: Path, index: int) -> RawFrame:
     calibrations = {c.name: c for c in frame.context.laser_calibrations}
 
     points, seg_parts = [], []
-    feats: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
+    feats: dict[str, list[np.ndarray]] = {name: [] for name in WAYMO.point_features}
     has_seg = False
     for laser in sorted(frame.lasers, key=lambda laser: laser.name):
         name = _laser_name(laser.name)
@@ -195,11 +189,11 @@ def read_frame(path: Path, index: int) -> RawFrame:
                     raise ValueError(f"{where}: {what}: segmentation labels of shape {seg.shape}, "
                                      f"expected {(height, width, 2)}")
                 classes = seg[..., 1][mask]
-                if classes.size and (classes.min() < 0 or classes.max() >= SEG_UNLABELLED):
+                if classes.size and (classes.min() < 0 or classes.max() >= UNLABELLED):
                     raise ValueError(f"{where}: {what}: segmentation classes outside 0..254")
                 seg_parts.append(classes.astype(np.uint8))
             else:
-                seg_parts.append(np.full(n, SEG_UNLABELLED, dtype=np.uint8))
+                seg_parts.append(np.full(n, UNLABELLED, dtype=np.uint8))  # a return without labels
 
     xyz = np.concatenate(points) if points else np.zeros((0, 3), np.float32)
     finite = np.isfinite(xyz).all(axis=1)
@@ -239,7 +233,7 @@ def read_frame(path: Path, index: int) -> RawFrame:
     return out
 
 
-def _boxes(labels) -> tuple[np.ndarray, ...]:  # noqa: ANN001
+def _boxes(labels) -> tuple[np.ndarray, ...]:
     """The laser labels as RawFrame box arrays (vehicle frame, as Waymo states them)."""
     m = len(labels)
     boxes = np.zeros((m, 7), dtype=np.float32)
