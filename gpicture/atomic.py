@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -27,6 +29,19 @@ def move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+@contextmanager
+def into_place(tmp: Path, out: Path) -> Iterator[Path]:
+    """``with into_place(temp_sibling(out), out) as tmp:`` build in ``tmp``; when the block
+    completes, ``tmp`` replaces ``out`` (``move_into_place``); when it raises (an interrupt
+    too), ``tmp`` is removed and ``out`` is left as it was."""
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    move_into_place(tmp, out)
 
 
 def write_file_atomic(path: Path, data: bytes | str) -> None:

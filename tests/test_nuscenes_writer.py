@@ -14,11 +14,12 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.geometry_utils import points_in_box
 from nuscenes.utils.splits import create_splits_scenes
+from nuscenes_gt import ground_truth_submission
 from pyquaternion import Quaternion
 
-from gpicture.synth.nuscenes_writer import ground_truth_submission, write_nuscenes
-from gpicture.synth.records import NuscenesScene, NuscenesSweep, ObjectStates
 from gpicture.data.taxonomy import NUSCENES_INDEX
+from gpicture.synth.nuscenes_writer import write_nuscenes
+from gpicture.synth.records import NuscenesScene, NuscenesSweep, ObjectStates
 
 VERSION = "v1.0-trainval"
 SPLITS = create_splits_scenes()

@@ -12,10 +12,10 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.geometry_utils import points_in_box
 from nuscenes.utils.splits import create_splits_scenes
+from nuscenes_gt import ground_truth_submission
 
-from gpicture.synth.generate import SynthConfig, generate_nuscenes
-from gpicture.synth.nuscenes_writer import ground_truth_submission
 from gpicture.data.taxonomy import NUSCENES_RAW_TO_16
+from gpicture.synth.generate import SynthConfig, generate_nuscenes
 
 VERSION = "v1.0-mini"
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from waymo_open_dataset import dataset_pb2, label_pb2
+from waymo_segmentation import decode_segmentation
 
-from gpicture.data.waymo.frame import decode_laser_points, decode_segmentation
+from gpicture.data.waymo.frame import decode_laser_points
 from gpicture.data.waymo.tfrecord import iter_records
-from gpicture.synth.generate import SynthConfig, generate_waymo, simulate_waymo_frame
+from gpicture.synth.generate import SynthConfig, generate_waymo
+from gpicture.synth.simulate import simulate_waymo_frame
 from gpicture.synth.waymo_writer import write_segment
 from gpicture.synth.world import make_scene
 

@@ -73,27 +73,27 @@ def _fields(frame: Any, derived: bool = True) -> dict[str, Any]:
 
 
 # -- sources ----------------------------------------------------------------------------------
-# The readers are imported where they are used: they load the nuScenes devkit or the Waymo
-# protos, which `gpicture convert` of the other dataset (and the CLI's start) does without.
+# The readers are imported where they are used (`# lazy:`): they load the nuScenes devkit or the
+# Waymo protos, which `gpicture convert` of the other dataset (and the CLI's start) does without.
 
 _WORKER: dict[str, Any] = {}
 
 
 def _init_nuscenes_worker(root: str, version: str) -> None:
-    from gpicture.data.nuscenes_reader import open_nuscenes
+    from gpicture.data.nuscenes_reader import open_nuscenes  # lazy: the nuScenes devkit
 
     _WORKER["nusc"] = open_nuscenes(Path(root), version)
 
 
 def _load_nuscenes(args: tuple[str, int, VoxelGrid]) -> EncodedFrame:
-    from gpicture.data.nuscenes_reader import read_sample
+    from gpicture.data.nuscenes_reader import read_sample  # lazy: the nuScenes devkit
 
     token, sweeps, grid = args
     return encode_frame(read_sample(_WORKER["nusc"], token, sweeps), grid)
 
 
 def _load_waymo(args: tuple[str, int, VoxelGrid]) -> EncodedFrame:
-    from gpicture.data.waymo.reader import read_frame
+    from gpicture.data.waymo.reader import read_frame  # lazy: the Waymo protos
 
     path, index, grid = args
     return encode_frame(read_frame(Path(path), index), grid)
@@ -114,7 +114,10 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
     h = hashlib.sha256()
     spec = dataset_spec(cfg.dataset)
     if spec is NUSCENES:
-        from gpicture.data.nuscenes_reader import open_nuscenes, split_sample_tokens
+        from gpicture.data.nuscenes_reader import (  # lazy: the nuScenes devkit
+            open_nuscenes,
+            split_sample_tokens,
+        )
 
         nusc = open_nuscenes(cfg.root, cfg.version)
         tokens = split_sample_tokens(nusc, cfg.split)
@@ -126,7 +129,10 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         _WORKER["nusc"] = nusc  # the serial path uses the same object
         loader = _load_nuscenes
     elif spec is WAYMO:
-        from gpicture.data.waymo.reader import frame_refs, segment_files
+        from gpicture.data.waymo.reader import (  # lazy: the Waymo protos
+            frame_refs,
+            segment_files,
+        )
 
         files = segment_files(cfg.root, cfg.split)
         for f in files:

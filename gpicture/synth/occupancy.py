@@ -27,7 +27,7 @@ class OccupancyGrid:
 
     @property
     def shape_xyz(self) -> tuple[int, int, int]:
-        return tuple(int(round((h - l) / self.voxel)) for l, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
+        return tuple(round((h - l) / self.voxel) for l, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
 
 
 def _face_samples(boxes: Boxes, spacing: float, z_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +84,8 @@ def occupancy(
     boxes: Boxes,
     box_kind: np.ndarray,
     box_priority: np.ndarray,
-    ground_kind_fn,  # noqa: ANN001  (x, y) -> kind, world frame
-    ground_height_fn,  # noqa: ANN001  (x, y) -> z of the walkable surface, world frame
+    ground_kind_fn,
+    ground_height_fn,
     world_from_sensor: np.ndarray,
     grid: OccupancyGrid = OccupancyGrid(),
 ) -> np.ndarray:

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpicture.synth.raycast import Boxes, Hits, cast
-from gpicture.synth.taxonomy import KIND_REFLECTIVITY, KIND_TO_NUSCENES, KIND_TO_WAYMO_SEG, KIND_TRANSPARENCY
-from gpicture.synth.world import CURB_H, Scene
+from gpicture.synth.streets import CURB_H
+from gpicture.synth.taxonomy import (
+    KIND_REFLECTIVITY,
+    KIND_TO_NUSCENES,
+    KIND_TO_WAYMO_SEG,
+    KIND_TRANSPARENCY,
+)
+from gpicture.synth.world import Scene
 
 
 def rot_z(yaw: float) -> np.ndarray:
@@ -23,7 +29,7 @@ def rot_z(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def transform(rotation: np.ndarray, translation) -> np.ndarray:  # noqa: ANN001
+def transform(rotation: np.ndarray, translation) -> np.ndarray:
     out = np.eye(4)
     out[:3, :3] = rotation
     out[:3, 3] = translation
@@ -159,7 +165,7 @@ def _cast_subset(org: np.ndarray, dirs: np.ndarray, active: np.ndarray, boxes: B
     return full
 
 
-def _returns(scene, spec, t, box, cos, side, org, dirs, kind, side_kind, owner, in_fov, ego_pose, rng) -> Returns:  # noqa: ANN001, PLR0913
+def _returns(scene, spec, t, box, cos, side, org, dirs, kind, side_kind, owner, in_fov, ego_pose, rng) -> Returns:
     r = len(dirs)
     valid = np.isfinite(t) & (t >= spec.min_range) & in_fov & (rng.random(r) >= spec.dropout)
     tt = np.where(valid, t, 0.0)
