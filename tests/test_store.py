@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gpicture.data.dataset import VoxelStoreDataset, collate_frames
+from gpicture.data.batch import collate_frames
+from gpicture.data.dataset import VoxelStoreDataset
 from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 
@@ -121,16 +123,17 @@ def test_existing_output_and_incomplete_store_are_refused(tmp_path) -> None:
 def test_dataset_in_dataloader_workers(tmp_path) -> None:
     write(tmp_path / "s.zarr", [make_frame(i, 300 + 50 * i, True) for i in range(6)])
     ds = VoxelStoreDataset(tmp_path / "s.zarr")
-    loader = DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_frames, shuffle=False)
+    collate = functools.partial(collate_frames, feature_names=ds.feature_names)
+    loader = DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate, shuffle=False)
     batches = list(loader)
     assert len(batches) == 2
     b = batches[1]
     assert b.batch_size == 3 and b.frame_index.tolist() == [3, 4, 5]
-    assert b.features.shape == (len(b.points), 2) and b.feature_names == ["intensity", "time_lag"]
+    assert ds.feature_names == ["intensity", "time_lag"] and b.features.shape == (len(b.points), 2)
     assert b.point_batch.tolist().count(0) == 450
     inside = b.point_voxel >= 0
     vc = b.voxel_coords[b.point_voxel[inside]]
     assert torch.equal(vc[:, 0].long(), b.point_batch[inside])  # each point's voxel is in its own frame
     ijk = torch.floor((b.points[inside].double() - torch.tensor([-10.0, -10.0, -2.0])) / torch.tensor([0.5, 0.5, 0.25]))
     assert torch.equal(vc[:, 1:].long(), ijk.long().flip(1))
-    assert len(b.boxes) == 3 and b.boxes[2].shape == (6, 7)
+    assert ds[5].boxes.shape == (6, 7)  # the items are whole StoreFrames; the batch core carries no boxes
