@@ -35,6 +35,7 @@ from gpicture.data.spec import (
     dataset_spec,
 )
 from gpicture.data.store import StoreFrame, VoxelStore
+from gpicture.data.voxelize import VoxelGrid
 
 EMPTY = 0
 
@@ -50,10 +51,10 @@ class OccupancyGridSpec:
 
     def __post_init__(self) -> None:
         r, v = self.point_cloud_range, self.voxel_size
-        if len(r) != 6 or len(v) != 3:
-            raise ValueError(f"occupancy grid: point_cloud_range needs 6 values and voxel_size 3, got {r} and {v}")
-        if any(b <= a for a, b in zip(r[:3], r[3:], strict=True)) or any(s <= 0 for s in v):
-            raise ValueError(f"occupancy grid: empty range {list(r)} or non-positive voxel size {list(v)}")
+        try:
+            VoxelGrid(r, v).validate()
+        except ValueError as exc:
+            raise ValueError(f"occupancy grid: {exc}") from None
         extent = np.asarray(r[3:]) - np.asarray(r[:3])
         n = extent / np.asarray(v)
         if not np.allclose(n, np.round(n), atol=1e-6):
