@@ -30,19 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from _synthetic import synthetic_store  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _synthetic import synthetic_store
 
-from gpicture.models.detection.model import Detector
+from gpicture.data.spec import dataset_spec
+from gpicture.models.detection.model import DetectionBatch, Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.ops import nms_reference, nms_rotated
 from gpicture.ops.native import load_native
-from gpicture.training.augment import AugmentConfig
-from gpicture.training.detection_data import (
-    DetectionBatch,
+from gpicture.tasks.detection.data import (
     DetectionDataset,
+    DetectionItem,
     collate_detection,
-    detection_classes,
 )
+from gpicture.training.augment import AugmentConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2  # frames per training / inference batch
@@ -60,7 +60,7 @@ def bench_nms_module():
     return bench_nms
 
 
-def timed_items(ds: DetectionDataset, n: int) -> tuple[list[dict], list[float]]:
+def timed_items(ds: DetectionDataset, n: int) -> tuple[list[DetectionItem], list[float]]:
     """n items (cycling over the store) and the seconds each __getitem__ took (one warm-up first)."""
     ds[0]  # opens the store
     items, ts = [], []
@@ -71,7 +71,7 @@ def timed_items(ds: DetectionDataset, n: int) -> tuple[list[dict], list[float]]:
     return items, ts
 
 
-def collate_all(items: list[dict]) -> tuple[list[DetectionBatch], list[float]]:
+def collate_all(items: list[DetectionItem]) -> tuple[list[DetectionBatch], list[float]]:
     batches, ts = [], []
     for i in range(0, len(items) - BATCH + 1, BATCH):
         t = time.perf_counter()
@@ -127,7 +127,8 @@ def main() -> None:
         elif not store.exists():
             parser.error(f"--store {store} does not exist")
 
-        tasks, cmap = detection_classes(args.dataset)
+        spec = dataset_spec(args.dataset)
+        tasks, cmap = [list(g) for g in spec.detection_groups], spec.detection_class_map()
         names = [n for t in tasks for n in t]
         feats = list(prof["point_features"])
         train_ds = DetectionDataset(store, feats, names, cmap, augment_cfg=AugmentConfig())
@@ -175,7 +176,7 @@ def main() -> None:
         n_det: list[float] = []
 
         def detect(b: DetectionBatch) -> None:
-            out = det.detect(b, score_threshold=args.score_threshold)
+            out = det.detect(b.voxels, score_threshold=args.score_threshold)
             n_det.append(sum(len(d.scores) for d in out) / len(out))
 
         detect_ms = bn.median_ms(cycling(eval_dev, detect), args.steps, sync=sync) / BATCH
@@ -183,7 +184,7 @@ def main() -> None:
 
         def forward_parts(b: DetectionBatch) -> None:
             t = time.perf_counter()
-            bev = det.student.bev(det.student(b.points, b.features, b.point_voxel, b.voxel_coords), b.batch_size)
+            bev = det.student.bev(det.student.encode(b.voxels), b.batch_size)
             if sync:
                 torch.cuda.synchronize()
             t1 = time.perf_counter()
@@ -196,7 +197,7 @@ def main() -> None:
         with torch.no_grad():
             fwd_ms = bn.median_ms(cycling(eval_dev, forward_parts), args.steps, sync=sync) / BATCH
             backbone_ms, head_ms = (statistics.median(parts[k][1:]) * 1000 / BATCH for k in ("backbone", "head"))
-            head_out = [det(b) for b in eval_dev]
+            head_out = [det(b.voxels) for b in eval_dev]
             k = {"i": 0}
 
             def decode() -> None:
@@ -220,10 +221,10 @@ def main() -> None:
             same = torch.equal(nms_reference(boxes, scores, NMS_THRESHOLD).cpu(), keep.cpu())
 
     # the report
-    pts = np.mean([len(it["points"]) for it in train_items])
-    vox = np.mean([len(it["coords"]) for it in train_items])
-    vox_eval = np.mean([len(it["coords"]) for it in eval_items])
-    nbox = np.mean([len(it["boxes"]) for it in train_items])
+    pts = np.mean([len(it.voxels.points) for it in train_items])
+    vox = np.mean([len(it.voxels.coords) for it in train_items])
+    vox_eval = np.mean([len(it.voxels.coords) for it in eval_items])
+    nbox = np.mean([len(it.boxes) for it in train_items])
     if dev.type == "cuda":
         dev_name = f"cuda ({torch.cuda.get_device_name(dev)}, AMP for training)"
     else:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from gpicture.data.convert import ConvertConfig, convert
+from gpicture.data.spec import NUSCENES
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.synth.generate import SynthConfig, generate_nuscenes
+from gpicture.tasks.detection.data import DetectionDataset
+from gpicture.tasks.detection.gt_sampling import GTDatabase, GTSamplingConfig, paste
 from gpicture.training.augment import AugmentConfig
-from gpicture.training.detection_data import DetectionDataset, detection_classes
-from gpicture.training.gt_sampling import GTDatabase, GTSamplingConfig, paste
 
 FEATURES = ["intensity", "time_lag"]
 # Target objects per frame and class (a frame with fewer gets the difference, collisions permitting).
@@ -46,7 +47,7 @@ TARGETS = {
 
 def main() -> None:
     torch.set_num_threads(1)
-    tasks, cmap = detection_classes("nuscenes")
+    tasks, cmap = [list(g) for g in NUSCENES.detection_groups], NUSCENES.detection_class_map()
     names = [n for t in tasks for n in t]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

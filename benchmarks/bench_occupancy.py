@@ -25,16 +25,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from _synthetic import synthetic_store  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _synthetic import synthetic_store
 
+from gpicture.data.spec import dataset_spec
 from gpicture.data.store import VoxelStore
 from gpicture.models.occupancy import OccupancyBatch
-from gpicture.training.finetune_occupancy import (
-    OccupancyDataset,
-    OccupancySettings,
-    build_model,
-    collate_occupancy,
-)
+from gpicture.tasks.occupancy import OccupancyDataset, OccupancyTask, collate_occupancy
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2
@@ -73,10 +69,11 @@ def main() -> None:
         if args.synthetic or not store.exists():
             print(f"generating a synthetic {args.dataset} store ...")
             store = synthetic_store(args.dataset, params, Path(tmp), occupancy=True, frames=6 if args.dataset == "waymo" else 4)
-        settings = OccupancySettings.from_params(
+        task, spec = OccupancyTask(), dataset_spec(args.dataset)
+        settings = task.settings(
             {"grid": {args.dataset: {"point_cloud_range": RANGES[args.dataset], "voxel_size": args.voxel_size}},
-             "augment": {"flip_x": True, "flip_y": True}}, args.dataset)
-        ds = OccupancyDataset(store, list(model_params["point_features"]), settings.grid, augment=True,
+             "augment": {"flip_x": True, "flip_y": True}}, spec)
+        ds = OccupancyDataset(store, list(model_params["point_features"]), settings.head.grid, augment=True,
                               flip_x=True, flip_y=True)
         if len(ds) < BATCH:
             raise SystemExit(f"{store}: {len(ds)} frames with ground truth, need {BATCH}")
@@ -90,7 +87,7 @@ def main() -> None:
         t_collate = (time.perf_counter() - t) / n_items
         batches = [b.to(device) for b in batches]
         torch.manual_seed(0)
-        model = build_model(args.dataset, model_params, VoxelStore.open(store).attrs, settings).to(device)
+        model = task.build(spec, model_params, VoxelStore.open(store).attrs, settings.head).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         use_amp = device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -113,7 +110,7 @@ def main() -> None:
         model.train()
         t_train = median_s(train_step, args.steps, device)
         with torch.no_grad():
-            out = model.student(batches[0].points, batches[0].features, batches[0].point_voxel, batches[0].voxel_coords)
+            out = model.student.encode(batches[0].voxels)
             bev = model.student.bev(out, BATCH)
         feats = bev.detach().requires_grad_(True)
 
@@ -129,7 +126,7 @@ def main() -> None:
             model.predict(next_batch())
 
         t_infer = median_s(infer, args.steps, device)
-    nz, ny, nx = settings.grid.shape_zyx
+    nz, ny, nx = settings.head.grid.shape_zyx
     print(f"occupancy benchmark: {args.dataset}, store {store if not args.synthetic else 'synthetic'}, "
           f"device {device}, threads {torch.get_num_threads()}, grid {nx}x{ny}x{nz} at {args.voxel_size} m, "
           f"batch {BATCH}, {len(ds)} frames with ground truth")

@@ -56,7 +56,7 @@ def main() -> None:
             step()
             ts.append(time.perf_counter() - t)
         med = statistics.median(ts)
-        print(f"{dev}: {len(b.voxel_coords):,} voxels, {len(b.points):,} points per batch of 2 -> "
+        print(f"{dev}: {len(b.voxels.voxel_coords):,} voxels, {len(b.voxels.points):,} points per batch of 2 -> "
               f"{1 / med:.2f} steps/s ({med * 1000:.0f} ms/step, I2Mask {statistics.median(t_mask) * 1000:.0f} ms)")
 
 

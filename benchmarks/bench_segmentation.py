@@ -23,17 +23,19 @@ from pathlib import Path
 
 import torch
 import yaml
-from _synthetic import synthetic_store  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _synthetic import synthetic_store
 
+from gpicture.data.spec import dataset_spec
+from gpicture.data.store import VoxelStore
 from gpicture.models.segmentation import SegmentationBatch
-from gpicture.training.augment import AugmentConfig
-from gpicture.training.finetune_segmentation import (
+from gpicture.tasks.segmentation import (
     SegmentationDataset,
     SegmentationSettings,
-    build_segmenter,
+    SegmentationTask,
     collate_segmentation,
     labelled_frames,
 )
+from gpicture.training.augment import AugmentConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2
@@ -71,7 +73,8 @@ def main() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     prof = params["model"]["profiles"]["small"][args.dataset]
     sec = params.get("finetune", {}).get("segmentation", {})
-    settings = SegmentationSettings.from_params(sec, args.dataset) if sec else SegmentationSettings()
+    task, spec = SegmentationTask(), dataset_spec(args.dataset)
+    settings = task.settings(sec, spec) if sec else SegmentationSettings()
 
     with tempfile.TemporaryDirectory(prefix="bench_segmentation_") as tmp:
         store = args.store or REPO / "data" / "zarr" / args.dataset / "train.zarr"
@@ -79,7 +82,7 @@ def main() -> None:
             print(f"generating a tiny synthetic {args.dataset} store ...", flush=True)
             store = synthetic_store(args.dataset, params, Path(tmp))
         feats = list(prof["point_features"])
-        frames = labelled_frames(store)
+        frames = labelled_frames(VoxelStore.open(store), spec)
         n = BATCH * (args.steps + 1)
         pick = [frames[i % len(frames)] for i in range(n)]
         train_ds = SegmentationDataset(store, feats, pick, settings.augment or AugmentConfig(), labelled_only=True)
@@ -91,7 +94,7 @@ def main() -> None:
         eval_batches = [collate_segmentation([eval_ds[i], eval_ds[i + 1]]) for i in range(0, n, BATCH)]
 
         torch.manual_seed(0)
-        seg = build_segmenter(args.dataset, prof, train_ds.attrs, settings).to(dev)
+        seg = task.build(spec, prof, train_ds.attrs, settings.head).to(dev)
         opt = torch.optim.AdamW(seg.parameters(), lr=1e-3, weight_decay=0.01)
         use_amp = dev.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -116,14 +119,14 @@ def main() -> None:
         def student_only(i: int) -> None:
             b: SegmentationBatch = eval_dev[i]
             with torch.no_grad():
-                seg.student(b.points, b.features, b.point_voxel, b.voxel_coords)
+                seg.student.encode(b.voxels)
 
         student_ms = median_ms(student_only, args.steps, sync) / BATCH
 
-    pts = statistics.mean(len(b.points) for b in eval_batches) / BATCH
+    pts = statistics.mean(len(b.voxels.points) for b in eval_batches) / BATCH
     segd = statistics.mean(len(b.seg_index) for b in eval_batches) / BATCH
     lab = statistics.mean(len(b.seg_index) for b in train_batches) / BATCH
-    vox = statistics.mean(len(b.voxel_coords) for b in eval_batches) / BATCH
+    vox = statistics.mean(len(b.voxels.voxel_coords) for b in eval_batches) / BATCH
     name = f"cuda ({torch.cuda.get_device_name(dev)}, AMP training)" if sync else f"cpu ({torch.get_num_threads()} threads)"
     print(f"\nsegmentation benchmark: {args.dataset}, store {store}, device {name}, batch {BATCH}")
     print(f"per frame: {pts:,.0f} points, {vox:,.0f} voxels, {segd:,.0f} segmented points, {lab:,.0f} labelled")

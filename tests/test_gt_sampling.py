@@ -10,19 +10,30 @@ import pytest
 import torch
 
 from gpicture.data.convert import ConvertConfig, convert
+from gpicture.data.spec import NUSCENES
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.ops.points_in_boxes import box_index_of_points, points_in_boxes_mask, points_in_boxes_pairs
+from gpicture.ops.points_in_boxes import (
+    box_index_of_points,
+    points_in_boxes_mask,
+    points_in_boxes_pairs,
+)
 from gpicture.ops.rotated_iou import rotated_iou
 from gpicture.synth.generate import SynthConfig, generate_nuscenes
 from gpicture.synth.sensors import points_in_boxes
+from gpicture.tasks.detection.data import DetectionDataset, DetectionItem
+from gpicture.tasks.detection.gt_sampling import (
+    GTDatabase,
+    GTSamplingConfig,
+    paste,
+    sample_objects,
+)
 from gpicture.training.augment import AugmentConfig
-from gpicture.training.detection_data import DetectionDataset, detection_classes
-from gpicture.training.gt_sampling import GTDatabase, GTSamplingConfig, paste, sample_objects
 
 FEATURES = ["intensity", "ring", "time_lag"]
-TASKS, CMAP = detection_classes("nuscenes")
+TASKS, CMAP = [list(g) for g in NUSCENES.detection_groups], NUSCENES.detection_class_map()
 CLASSES = [n for t in TASKS for n in t]
+assert CLASSES == NUSCENES.detection_classes
 ALL_TEN = {c: 40 for c in CLASSES}
 
 
@@ -52,6 +63,13 @@ def _frame(store: Path, k: int) -> tuple[np.ndarray, ...]:
     keep = (det >= 0) & (fr.box_num_points > 0)
     feats = np.stack([fr.features[n] for n in FEATURES], 1).astype(np.float32)
     return fr.points, feats, fr.boxes[keep], det[keep], np.nan_to_num(fr.box_velocity[keep])
+
+
+def _fields(it: DetectionItem) -> dict[str, np.ndarray]:
+    """A detection item's arrays by name."""
+    v = it.voxels
+    return {"points": v.points, "features": v.features, "coords": v.coords, "point_voxel": v.point_voxel,
+            "boxes": it.boxes, "labels": it.labels, "velocity": it.velocity}
 
 
 def _bev_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -238,7 +256,7 @@ def test_detection_dataset_with_gt_sampling(store) -> None:
     assert plain.gt_database is None and gts._gt_db is None  # built on first use
     more = 0
     for i in range(len(frames)):
-        a, b = plain[i], gts[i]
+        a, b = _fields(plain[i]), _fields(gts[i])
         assert len(b["labels"]) >= len(a["labels"])
         more += len(b["labels"]) > len(a["labels"])
         assert len(b["points"]) == len(b["features"]) == len(b["point_voxel"])
@@ -248,7 +266,7 @@ def test_detection_dataset_with_gt_sampling(store) -> None:
     # Pickling (DataLoader workers) ships the database, and the copy gives the same items.
     clone = pickle.loads(pickle.dumps(gts))
     assert clone._gt_db is not None and len(clone._gt_db) == len(gts.gt_database)
-    x, y = gts[2], clone[2]
+    x, y = _fields(gts[2]), _fields(clone[2])
     for key in ("points", "features", "boxes", "labels", "velocity"):
         np.testing.assert_array_equal(x[key], y[key])
     # Off in evaluation, and a zero target leaves the augmented frame exactly as without GT sampling.
@@ -262,6 +280,6 @@ def test_detection_dataset_with_gt_sampling(store) -> None:
         DetectionDataset(
             store, FEATURES, CLASSES, CMAP, frames, augment_cfg=aug, gt_sampling=GTSamplingConfig({"van": 2})
         )
-    x, y = plain[1], zero[1]
+    x, y = _fields(plain[1]), _fields(zero[1])
     for key in ("points", "features", "coords", "point_voxel", "boxes", "labels", "velocity"):
         np.testing.assert_array_equal(x[key], y[key])

@@ -4,6 +4,8 @@ the store's ground truth round-trips to the devkit's boxes and scores mAP 1."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -15,21 +17,29 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from gpicture.data.convert import ConvertConfig, convert
+from gpicture.data.spec import NUSCENES
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.eval.nuscenes_detection import (
+from gpicture.eval.nuscenes_detection import evaluate_submission
+from gpicture.eval.nuscenes_submission import (
     DETECTION_CLASSES,
-    category_to_detection,
     default_attribute,
-    evaluate_submission,
     lidar_boxes_to_submission,
-    store_ground_truth_frames,
+    store_ground_truth,
     write_submission,
 )
+from gpicture.eval.predictions import DetectionPrediction
 from gpicture.synth.generate import SynthConfig, generate_nuscenes
 
 VERSION = "v1.0-mini"
 GRID = VoxelGrid((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.4, 0.4, 0.4))
+
+
+def _pred(token: str, boxes, labels, scores, velocity=None, index: int = 0) -> DetectionPrediction:
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    vel = np.zeros((len(boxes), 2)) if velocity is None else np.asarray(velocity, dtype=np.float64)
+    return DetectionPrediction(token, index, boxes, np.asarray(scores, dtype=np.float64),
+                               np.asarray(labels, dtype=object), vel)
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +51,24 @@ def data(tmp_path_factory) -> dict:
     convert(ConvertConfig("nuscenes", root, "mini_val", GRID, sweeps=2, workers=2), store_path)
     store = VoxelStore.open(store_path)
     nusc = NuScenes(version=VERSION, dataroot=str(root), verbose=False)
-    sub = lidar_boxes_to_submission(store_ground_truth_frames(store))
+    sub = lidar_boxes_to_submission(store_ground_truth(store, NUSCENES), store.pose)
     return {"root": root, "store": store, "nusc": nusc, "sub": sub, "base": base}
 
 
 def test_classes_and_category_mapping() -> None:
     assert DETECTION_CLASSES == ("car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian",
                                  "motorcycle", "bicycle", "traffic_cone", "barrier")
-    assert category_to_detection("vehicle.car") == "car"
-    assert category_to_detection("human.pedestrian.police_officer") == "pedestrian"
-    assert category_to_detection("movable_object.trafficcone") == "traffic_cone"
-    assert category_to_detection("vehicle.bicycle") == "bicycle"
-    assert category_to_detection("animal") is None and category_to_detection("static_object.bicycle_rack") is None
+    assert tuple(NUSCENES.detection_classes) == tuple(n for g in NUSCENES.detection_groups for n in g)
+    assert sorted(NUSCENES.detection_classes) == sorted(DETECTION_CLASSES)
+    cmap = NUSCENES.detection_class_map()
+    assert cmap["vehicle.car"] == "car"
+    assert cmap["human.pedestrian.police_officer"] == "pedestrian"
+    assert cmap["movable_object.trafficcone"] == "traffic_cone"
+    assert cmap["vehicle.bicycle"] == "bicycle"
+    assert "animal" in NUSCENES.box_types and "static_object.bicycle_rack" in NUSCENES.box_types
+    assert cmap.get("animal") is None and cmap.get("static_object.bicycle_rack") is None
+    assert set(cmap.values()) == set(DETECTION_CLASSES)
+    assert all(category_to_detection_name(c) == d for c, d in cmap.items())
     assert default_attribute("car", 3.0) == "vehicle.moving" and default_attribute("car", 0.0) == "vehicle.parked"
     assert default_attribute("bus", 0.1) == "vehicle.stopped"
     assert default_attribute("pedestrian", 1.0) == "pedestrian.moving"
@@ -68,27 +84,31 @@ def test_frame_conversion_geometry() -> None:
     pose = np.eye(4)
     pose[:3, :3] = rot.rotation_matrix
     pose[:3, 3] = [100.0, -50.0, 2.0]
-    frame = {"sample_token": "t", "pose": pose, "boxes": np.array([[1.0, 2.0, 0.5, 4.0, 2.0, 1.5, 0.3]]),
-             "velocity": np.array([[1.0, np.nan]]), "labels": np.array(["car"]), "scores": np.array([0.9])}
-    box = lidar_boxes_to_submission([frame])["results"]["t"][0]
+    frame = _pred("t", [[1.0, 2.0, 0.5, 4.0, 2.0, 1.5, 0.3]], ["car"], [0.9], velocity=[[1.0, np.nan]], index=7)
+    poses = {7: pose}
+    box = lidar_boxes_to_submission([frame], poses.__getitem__)["results"]["t"][0]
     np.testing.assert_allclose(box["translation"], pose[:3, :3] @ [1.0, 2.0, 0.5] + pose[:3, 3], atol=1e-9)
     assert box["size"] == [2.0, 4.0, 1.5]
     expect = rot * Quaternion(axis=[0, 0, 1], angle=0.3)
     assert Quaternion(box["rotation"]) == expect or Quaternion(box["rotation"]) == -expect
     np.testing.assert_allclose(box["velocity"], (pose[:3, :3] @ [1.0, 0.0, 0.0])[:2], atol=1e-9)
     assert box["attribute_name"] == "vehicle.moving" and box["detection_score"] == 0.9
-    # integer labels index DETECTION_CLASSES; the best boxes come first and at most 500 are kept
-    many = {"sample_token": "u", "pose": np.eye(4), "boxes": np.zeros((600, 7)), "labels": np.full(600, 5),
-            "scores": np.linspace(0, 1, 600)}
-    res = lidar_boxes_to_submission([many])["results"]["u"]
+    # the best boxes come first and at most 500 are kept
+    many = _pred("u", np.zeros((600, 7)), ["pedestrian"] * 600, np.linspace(0, 1, 600))
+    res = lidar_boxes_to_submission([many], lambda i: np.eye(4))["results"]["u"]
     assert len(res) == 500 and res[0]["detection_score"] == 1.0 and res[0]["detection_name"] == "pedestrian"
-    empty = lidar_boxes_to_submission([{"sample_token": "e", "pose": np.eye(4), "boxes": np.zeros((0, 7)),
-                                        "labels": [], "scores": []}], meta={"use_camera": True})
+    assert all(a["detection_score"] >= b["detection_score"] for a, b in itertools.pairwise(res))
+    assert len(lidar_boxes_to_submission([many], lambda i: np.eye(4), max_boxes_per_sample=None)["results"]["u"]) == 600
+    empty = lidar_boxes_to_submission([_pred("e", np.zeros((0, 7)), [], [])], lambda i: np.eye(4),
+                                      meta={"use_camera": True})
     assert empty["results"] == {"e": []} and empty["meta"]["use_lidar"] and empty["meta"]["use_camera"]
     with pytest.raises(ValueError, match="unknown detection names"):
-        lidar_boxes_to_submission([{**frame, "labels": np.array(["vehicle.car"])}])
+        lidar_boxes_to_submission([dataclasses.replace(frame, labels=np.array(["vehicle.car"], dtype=object))],
+                                  poses.__getitem__)
+    with pytest.raises(ValueError, match="unknown detection names"):  # labels are names, not indices
+        lidar_boxes_to_submission([dataclasses.replace(frame, labels=np.array([0]))], poses.__getitem__)
     with pytest.raises(ValueError, match="twice"):
-        lidar_boxes_to_submission([frame, frame])
+        lidar_boxes_to_submission([frame, frame], poses.__getitem__)
 
 
 def test_submission_round_trips_to_devkit_boxes(data) -> None:

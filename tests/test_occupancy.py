@@ -14,7 +14,6 @@ import yaml
 
 from gpicture.data.convert import ConvertConfig, convert
 from gpicture.data.occupancy_targets import (
-    IGNORE,
     OPENOCCUPANCY_GRID,
     OccupancyGridSpec,
     dense_target,
@@ -23,6 +22,8 @@ from gpicture.data.occupancy_targets import (
     frames_with_ground_truth,
     point_rows,
 )
+from gpicture.data.spec import NUSCENES, WAYMO, dataset_spec
+from gpicture.data.spec import OCCUPANCY_IGNORE as IGNORE
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.eval.occupancy import (
@@ -30,23 +31,24 @@ from gpicture.eval.occupancy import (
     frame_confusion,
     metrics_from_confusion,
     predictions_folder,
-    score_predictions,
+    read_rows,
+    score_occupancy,
     waymo_file_name,
-    write_prediction_folder,
-    write_predictions,
+    write_occupancy,
 )
+from gpicture.eval.occupancy import write_prediction_folder as _write_prediction_folder
 from gpicture.models.occupancy import Occupier
 from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
-from gpicture.training.engine import DistInfo, TrainConfig
-from gpicture.training.finetune_occupancy import (
+from gpicture.tasks.occupancy import (
     OccupancyDataset,
+    OccupancyHead,
+    OccupancyItem,
     OccupancySettings,
-    build_model,
+    OccupancyTask,
     collate_occupancy,
-    load_occupancy_model,
-    occupancy_classes,
-    run_occupancy_finetune,
 )
+from gpicture.training.engine import DistInfo, TrainConfig
+from gpicture.training.finetune import FinetuneRun, finetune, load_model, predict
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"d_model": 32, "vfe_filters": [32, 32], "dim_feedforward": 48, "set_size": 24}
@@ -78,7 +80,17 @@ def _store(world: dict, dataset: str, split: int) -> Path:
 
 
 def _settings(dataset: str, **kw) -> OccupancySettings:
-    return OccupancySettings.from_params({"grid": GRIDS, "augment": {"flip_x": True, "flip_y": True}, **kw}, dataset)
+    return OccupancyTask().settings({"grid": GRIDS, "augment": {"flip_x": True, "flip_y": True}, **kw},
+                                    dataset_spec(dataset))
+
+
+def score_predictions(dataset: str, folder: Path, store: Path, report_dir: Path,
+                      grid: OccupancyGridSpec | None = None) -> dict:
+    return score_occupancy(dataset_spec(dataset), folder, store, report_dir, grid=grid)
+
+
+def write_prediction_folder(out: Path, dataset: str, *args) -> None:
+    _write_prediction_folder(out, dataset_spec(dataset), *args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +157,7 @@ def test_store_ground_truth_frames_and_rows(world) -> None:
     nus = VoxelStore.open(_store(world, "nuscenes", 1))
     assert frames_with_ground_truth(nus) == list(range(len(nus)))
     g = OccupancyGridSpec.from_params(GRIDS["nuscenes"])
-    rows = frame_ground_truth(nus[0], "nuscenes", g)
+    rows = frame_ground_truth(nus[0], NUSCENES, g)
     fine = nus[0].occupancy
     assert len(rows) > 0 and set(rows[:, 3].tolist()) <= set(range(1, 17)) | {IGNORE}
     # every coarse row has a fine row inside it, and every fine row falls in a coarse row
@@ -160,32 +172,45 @@ def test_store_ground_truth_frames_and_rows(world) -> None:
 def test_flips_move_the_target_with_the_points(world) -> None:
     store = _store(world, "waymo", 0)
     s = _settings("waymo")
-    plain = OccupancyDataset(store, world["models"]["waymo"]["point_features"], s.grid)
-    flipped = OccupancyDataset(store, world["models"]["waymo"]["point_features"], s.grid, augment=True,
+    assert s.flip_x and s.flip_y and s.head.grid == OccupancyGridSpec.from_params(GRIDS["waymo"])
+    plain = OccupancyDataset(store, world["models"]["waymo"]["point_features"], s.head.grid)
+    flipped = OccupancyDataset(store, world["models"]["waymo"]["point_features"], s.head.grid, augment=True,
                                flip_x=True, flip_y=True)
     seen = set()
     for epoch in range(8):  # until both flips have been drawn together
         flipped.epoch = epoch
         it = flipped[0]
-        fx = it["points"][0, 1] == -plain[0]["points"][0, 1]
-        fy = it["points"][0, 0] == -plain[0]["points"][0, 0]
+        assert isinstance(it, OccupancyItem)
+        fx = it.voxels.points[0, 1] == -plain[0].voxels.points[0, 1]
+        fy = it.voxels.points[0, 0] == -plain[0].voxels.points[0, 0]
         seen.add((bool(fx), bool(fy)))
         fr = VoxelStore.open(store)[plain.frames[0]]
-        expected = dense_target(point_rows(it["points"], fr.seg_labels, s.grid), s.grid.shape_zyx)
+        expected = dense_target(point_rows(it.voxels.points, fr.seg_labels, s.head.grid), s.head.grid.shape_zyx)
         # a point exactly on a voxel boundary may change cell under a flip: allow a handful
-        assert (it["target"] != expected).sum() <= 3
-        assert len(it["coords"]) > 0 and (it["point_voxel"] >= 0).any()
+        assert (it.target != expected).sum() <= 3
+        assert len(it.voxels.coords) > 0 and (it.voxels.point_voxel >= 0).any()
     assert (True, True) in seen and len(seen) >= 3
 
 
 def test_settings_refuse_flips_on_an_asymmetric_grid() -> None:
     grids = {"waymo": {"point_cloud_range": [0.0, -51.2, -2.0, 102.4, 51.2, 4.4], "voxel_size": 0.8}}
+    task = OccupancyTask()
     with pytest.raises(ValueError, match="flip_y"):
-        OccupancySettings.from_params({"grid": grids, "augment": {"flip_x": True, "flip_y": True}}, "waymo")
-    ok = OccupancySettings.from_params({"grid": grids, "augment": {"flip_x": True, "flip_y": False}}, "waymo")
+        task.settings({"grid": grids, "augment": {"flip_x": True, "flip_y": True}}, WAYMO)
+    ok = task.settings({"grid": grids, "augment": {"flip_x": True, "flip_y": False}}, WAYMO)
     assert ok.flip_x and not ok.flip_y
+    with pytest.raises(ValueError, match="flip_y"):  # the settings themselves refuse it, however built
+        OccupancySettings(OccupancyHead(ok.head.grid), flip_x=False, flip_y=True)
     with pytest.raises(ValueError, match="no entry"):
-        OccupancySettings.from_params({"grid": grids}, "nuscenes")
+        task.settings({"grid": grids}, NUSCENES)
+    with pytest.raises(ValueError, match="empty_weight"):
+        OccupancyHead(empty_weight=0.0)
+    head = task.settings({"grid": GRIDS, "empty_weight": 0.2, "trunk_channels": 16}, WAYMO).head
+    assert head == OccupancyHead(OccupancyGridSpec.from_params(GRIDS["waymo"]), 0.2, 16)
+    import dataclasses
+    d = dataclasses.asdict(head)  # as model.pt stores it
+    d["grid"] = head.grid.to_dict()
+    assert task.head_type.from_dict(d) == head
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,11 +237,12 @@ def _truth_folder(world: dict, dataset: str, out: Path, grid: OccupancyGridSpec,
     store = VoxelStore.open(_store(world, dataset, 1))
     rows, names = {}, {}
     for i in frames_with_ground_truth(store):
-        r = frame_ground_truth(store[i], dataset, grid)
+        r = frame_ground_truth(store[i], dataset_spec(dataset), grid)
         r = r[r[:, 3] != IGNORE][drop:]
         fid = store.frame_ids[i]
         rows[fid], names[fid] = r, waymo_file_name(fid)
-    write_prediction_folder(out, dataset, grid, occupancy_classes(dataset, store.attrs), rows, names)
+    write_prediction_folder(out, dataset, grid, dataset_spec(dataset).occupancy_classes(store.attrs["classes"]), rows,
+                            names)
     return out
 
 
@@ -275,10 +301,10 @@ def test_head_shapes_and_the_loss_decreases(world) -> None:
     store = _store(world, "nuscenes", 0)
     s = _settings("nuscenes")
     mp = world["models"]["nuscenes"]
-    ds = OccupancyDataset(store, mp["point_features"], s.grid)
+    ds = OccupancyDataset(store, mp["point_features"], s.head.grid)
     batch = collate_occupancy([ds[0]])
     torch.manual_seed(0)
-    model = build_model("nuscenes", mp, VoxelStore.open(store).attrs, s)
+    model = OccupancyTask().build(NUSCENES, mp, VoxelStore.open(store).attrs, s.head)
     assert isinstance(model, Occupier)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -301,16 +327,23 @@ def test_finetune_then_predict_then_score_end_to_end(world, tmp_path) -> None:
     store, val = _store(world, "nuscenes", 0), _store(world, "nuscenes", 1)
     out = tmp_path / "model"
     train = TrainConfig(epochs=1, batch_size=2, lr=3e-3, weight_decay=0.01)
-    metrics = run_occupancy_finetune("nuscenes", world["models"]["nuscenes"], store, out, train, DistInfo(),
-                                     settings=_settings("nuscenes"), progress=False)
+    task = OccupancyTask()
+    metrics = finetune(task, _settings("nuscenes"), FinetuneRun(NUSCENES, world["models"]["nuscenes"], store, out,
+                                                                train, DistInfo(), progress=False))
     assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
     for f in ("model.pt", "checkpoint.pt", "init_report.json"):
         assert (out / f).is_file(), f
     assert json.loads((out / "init_report.json").read_text())["init"] == "scratch"
-    model = load_occupancy_model(out / "model.pt", VoxelStore.open(val).attrs)
-    assert model.grid_spec.shape_zyx == (10, 128, 128)
+    state = torch.load(out / "model.pt", weights_only=False)
+    assert state["format"] == "gpicture-occupancy" and state["dataset"] == "nuscenes"
+    model = load_model(task, out / "model.pt", NUSCENES, VoxelStore.open(val).attrs)
+    assert model.grid_spec.shape_zyx == (10, 128, 128) and model.grid_spec == _settings("nuscenes").head.grid
+    assert not model.training
     reports = tmp_path / "reports"
-    n = write_predictions("nuscenes", out / "model.pt", val, reports)
+    preds = list(predict(task, model, val))
+    assert [p.frame_index for p in preds] == frames_with_ground_truth(VoxelStore.open(val))
+    assert all(p.labels.shape == (10, 128, 128) and p.grid == model.grid_spec for p in preds)
+    n = write_occupancy(NUSCENES, preds, val, reports)
     folder = predictions_folder(reports)
     assert n == len(VoxelStore.open(val)) == len(list(folder.glob("*.npy")))
     # files are named like the real nuScenes-Occupancy files (LIDAR_TOP sample_data tokens)
@@ -318,13 +351,18 @@ def test_finetune_then_predict_then_score_end_to_end(world, tmp_path) -> None:
     assert {p.stem for p in folder.glob("*.npy")} <= real
     rows = np.load(next(folder.glob("*.npy")))
     assert rows.ndim == 2 and rows.shape[1] == 4 and rows.dtype == np.int16
+    assert read_rows(next(folder.glob("*.npy")), model.grid_spec, 16).shape == rows.shape
     meta = json.loads((folder / META).read_text())
-    assert meta["grid"] == _settings("nuscenes").grid.to_dict()
+    assert meta["grid"] == _settings("nuscenes").head.grid.to_dict()
     m = score_predictions("nuscenes", folder, val, reports)
     assert set(m) == {"mIoU", "IoU", "per_class_IoU"}
     assert 0.0 <= m["IoU"] <= 1.0 and 0.0 <= m["mIoU"] <= 1.0
     # a model of one dataset is refused on a store of the other
     with pytest.raises(ValueError, match="nuscenes model"):
-        load_occupancy_model(out / "model.pt", VoxelStore.open(_store(world, "waymo", 1)).attrs)
+        load_model(task, out / "model.pt", WAYMO, VoxelStore.open(_store(world, "waymo", 1)).attrs)
+    with pytest.raises(ValueError, match="nuscenes model"):  # the store's dataset is checked too
+        load_model(task, out / "model.pt", NUSCENES, VoxelStore.open(_store(world, "waymo", 1)).attrs)
     with pytest.raises(ValueError, match="not a gpicture occupancy model"):
-        load_occupancy_model(out / "checkpoint.pt", VoxelStore.open(val).attrs)
+        load_model(task, out / "checkpoint.pt", NUSCENES, VoxelStore.open(val).attrs)
+    with pytest.raises(ValueError, match="no such occupancy model"):
+        load_model(task, out / "missing.pt", NUSCENES, VoxelStore.open(val).attrs)

@@ -50,22 +50,22 @@ def test_chamfer_equals_brute_force() -> None:
 def test_batches_carry_true_points_and_teacher_targets(data) -> None:
     ds = PretrainDataset(*data)
     b = collate_pretrain([ds[0], ds[1]], ["intensity", "time_lag"], (0.4, 0.4, 0.4), (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0))
-    v = len(b.voxel_coords)
+    v = len(b.voxels.voxel_coords)
     assert b.teacher.shape == (v, 64) and b.true_points.shape == (v, 64, 3) and b.teacher_valid.all()
     assert (b.true_count >= 1).all() and (b.true_count <= 64).all()
     rows = torch.arange(64)[None] < b.true_count[:, None]
     assert (b.true_points[rows].abs() <= 0.5 + 1e-5).all()  # inside their voxel, voxel units
     # the first point of voxel 0 is its first point in store order
-    first = (b.point_voxel == 0).nonzero()[0, 0]
-    centre = (b.voxel_coords[0, [3, 2, 1]].float() + 0.5) * 0.4 + torch.tensor([-51.2, -51.2, -5.0])
-    torch.testing.assert_close(b.true_points[0, 0], (b.points[first] - centre) / 0.4)
+    first = (b.voxels.point_voxel == 0).nonzero()[0, 0]
+    centre = (b.voxels.voxel_coords[0, [3, 2, 1]].float() + 0.5) * 0.4 + torch.tensor([-51.2, -51.2, -5.0])
+    torch.testing.assert_close(b.true_points[0, 0], (b.voxels.points[first] - centre) / 0.4)
 
 
 def _train_cfg(epochs: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=2, lr=0.003, weight_decay=0.05, seed=0)
 
 
-def _run(data, out: Path, epochs: int, **kw):  # noqa: ANN001, ANN003, ANN202
+def _run(data, out: Path, epochs: int, **kw):
     return run_pretrain(PROFILE, data[0], data[1], out, _train_cfg(epochs), ALPHA, MaskConfig(), DGPLConfig(probe_frames=2),
                         DistInfo(), true_points=32, progress=False, **kw)
 
@@ -101,7 +101,7 @@ def test_resume_continues_exactly(data, tmp_path) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-def _ddp_worker(rank: int, world: int, init: str, data, out: str) -> None:  # noqa: ANN001
+def _ddp_worker(rank: int, world: int, init: str, data, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.set_num_threads(1)

@@ -15,11 +15,14 @@ import pytest
 import torch
 import yaml
 
+from gpicture.data.batch import VoxelItem
 from gpicture.data.convert import ConvertConfig, convert
 from gpicture.data.nuscenes_reader import open_nuscenes
+from gpicture.data.spec import IGNORE_INDEX as IGNORE
+from gpicture.data.spec import NUSCENES, WAYMO, dataset_spec, nuscenes_class_mapper
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.eval.detection import NuScenesSource
+from gpicture.eval.predictions import RawSource as NuScenesSource
 from gpicture.eval.segmentation import (
     PREDICTIONS,
     SUBMISSION_META,
@@ -27,20 +30,27 @@ from gpicture.eval.segmentation import (
     _kept_mask,
     _lidar_files,
     confusion_miou,
-    score_predictions,
-    write_predictions,
+    write_segmentation,
 )
-from gpicture.models.segmentation import IGNORE, Segmenter, lovasz_softmax
+from gpicture.eval.segmentation import score_segmentation as _score_segmentation
+from gpicture.models.segmentation import Segmenter, lovasz_softmax
 from gpicture.models.student import Student, StudentConfig
 from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
-from gpicture.training.engine import DistInfo, TrainConfig, save_atomic
-from gpicture.training.finetune_segmentation import (
+from gpicture.tasks.segmentation import (
     SegmentationDataset,
+    SegmentationHead,
+    SegmentationItem,
     SegmentationSettings,
+    SegmentationTask,
     collate_segmentation,
-    nuscenes_class_mapper,
-    run_segmentation_finetune,
-    segmentation_classes,
+)
+from gpicture.training.engine import DistInfo, TrainConfig, save_atomic
+from gpicture.training.finetune import (
+    FinetuneRun,
+    finetune,
+    load_model,
+    load_pretrained_student,
+    predict,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +95,11 @@ def nus_close(world, tmp_path_factory) -> NuScenesSource:
         path.unlink()
         data.tofile(path)
     return NuScenesSource(copy, "v1.0-mini", "mini_val")
+
+
+def score_predictions(dataset: str, predictions: Path, store: Path, report_dir: Path,
+                      source: NuScenesSource | None = None) -> dict:
+    return _score_segmentation(dataset_spec(dataset), predictions, store, report_dir, source)
 
 
 def _store(world: dict, dataset: str, which: int) -> Path:
@@ -146,7 +161,7 @@ def test_confusion_miou_on_a_known_case() -> None:
 
 def test_training_classes_follow_the_devkit_mapping(world) -> None:
     attrs = VoxelStore.open(_store(world, "nuscenes", 0)).attrs
-    names, lut = segmentation_classes("nuscenes", attrs)
+    names, lut = NUSCENES.segmentation_classes(attrs["classes"])
     mapper = nuscenes_class_mapper(list(attrs["classes"]))
     assert len(names) == 16 and names[0] == "barrier" and names[-1] == "vegetation"
     raw = {n: i for i, n in enumerate(attrs["classes"])}
@@ -154,7 +169,7 @@ def test_training_classes_follow_the_devkit_mapping(world) -> None:
     assert lut[raw["vehicle.ego"]] == IGNORE and lut[raw["noise"]] == IGNORE and lut[255] == IGNORE
     for fine, coarse in mapper.fine_idx_2_coarse_idx_mapping.items():
         assert lut[fine] == (IGNORE if coarse == 0 else coarse - 1)
-    wnames, wlut = segmentation_classes("waymo", VoxelStore.open(_store(world, "waymo", 0)).attrs)
+    wnames, wlut = WAYMO.segmentation_classes(VoxelStore.open(_store(world, "waymo", 0)).attrs["classes"])
     assert len(wnames) == 22 and wnames[0] == "CAR" and wlut[0] == IGNORE and wlut[22] == 21 and wlut[255] == IGNORE
 
 
@@ -165,22 +180,28 @@ def test_dataset_segments_the_keyframe_points_in_pcd_order(world) -> None:
     nusc = open_nuscenes(world["nusc_source"].root, "v1.0-mini")
     item = ds[0]
     fr = src[0]
-    assert len(item["seg_rows"]) < len(fr.points)  # the second sweep is not segmented
+    assert isinstance(item, SegmentationItem) and item.voxels.index == 0
+    assert len(item.seg_rows) < len(fr.points)  # the second sweep is not segmented
+    assert len(item.seg_rows) == NUSCENES.segmented_count(fr) and len(item.labels) == len(item.seg_rows)
     _, pcd, _ = _lidar_files(nusc, fr.frame_id)
     xyz, keep = _kept_mask(pcd)
-    np.testing.assert_allclose(fr.points[item["seg_rows"]], xyz[keep], atol=1e-3)
-    assert (fr.features["time_lag"][item["seg_rows"]] == 0).all()
+    np.testing.assert_allclose(fr.points[item.seg_rows], xyz[keep], atol=1e-3)
+    assert (fr.features["time_lag"][item.seg_rows] == 0).all()
+    np.testing.assert_array_equal(item.voxels.points, fr.points)  # every point feeds the encoder
 
 
 def test_settings_from_params() -> None:
-    s = SegmentationSettings.from_params({"lovasz_weight": 0.5, "decoder_channels": 16, "augment": {
+    task = SegmentationTask()
+    s = task.settings({"lovasz_weight": 0.5, "decoder_channels": 16, "augment": {
         "flip_x": True, "flip_y": False, "rotation": [-0.5, 0.5], "scale": [0.9, 1.1], "translation_std": 0.1}},
-        "waymo")
-    assert s.lovasz_weight == 0.5 and s.decoder_channels == 16 and s.augment.rotation == (-0.5, 0.5)
+        WAYMO)
+    assert s.head.lovasz_weight == 0.5 and s.head.decoder_channels == 16 and s.augment.rotation == (-0.5, 0.5)
     assert not s.augment.flip_y
-    assert SegmentationSettings.from_params({"augment": None}, "nuscenes").augment is None
+    assert s.head == SegmentationHead(0.5, 16) == task.head_type.from_dict({"lovasz_weight": 0.5, "decoder_channels": 16})
+    assert task.settings({"augment": None}, NUSCENES).augment is None
+    assert task.settings({}, NUSCENES).head == SegmentationHead()
     with pytest.raises(ValueError, match="unknown dataset"):
-        SegmentationSettings.from_params({}, "kitti")
+        dataset_spec("kitti")
 
 
 # -- scoring ---------------------------------------------------------------------------------------
@@ -306,10 +327,12 @@ def test_loss_decreases_on_a_tiny_split(world) -> None:
     params = world["model_params"]["nuscenes"]
     ds = SegmentationDataset(store, params["point_features"], [0], labelled_only=True)
     item = ds[0]
-    key = item["features"][:, 1] == 0  # the keyframe's points only: half the work, same labels
-    coords, pv = ds.grid.voxelize(item["points"][key])
-    batch = collate_segmentation([{**item, "points": item["points"][key], "features": item["features"][key],
-                                   "coords": coords, "point_voxel": pv}])
+    v = item.voxels
+    key = v.features[:, 1] == 0  # the keyframe's points only: half the work, same labels
+    assert key[item.seg_rows].all()  # the keyframe points lead, so seg_rows stay valid rows
+    coords, pv = ds.grid.voxelize(v.points[key])
+    batch = collate_segmentation([SegmentationItem(VoxelItem(v.points[key], v.features[key], coords, pv, v.index),
+                                                   item.seg_rows, item.labels)])
     assert (batch.labels != IGNORE).all() and len(batch.labels) > 100
     torch.manual_seed(0)
     seg = Segmenter(Student(StudentConfig.from_params(params, src.attrs)), 16, hidden=32)
@@ -341,14 +364,14 @@ def test_pretrained_student_loads_into_the_segmenter(world, tmp_path) -> None:
     path = _pretrained_student(world, "nuscenes", tmp_path / "student.pt")
     attrs = VoxelStore.open(_store(world, "nuscenes", 0)).attrs
     seg = Segmenter(Student(StudentConfig.from_params(world["model_params"]["nuscenes"], attrs)), 16)
-    report = seg.load_pretrained(path)
+    report = load_pretrained_student(seg.student, path)
     want = torch.load(path, weights_only=False)["student"]
     assert set(report["loaded"]) == set(want) and report["unexpected"] == []
     for k, v in want.items():
         assert torch.equal(seg.student.state_dict()[k], v)
     torch.save({"format": "something-else"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt: not a gpicture pre-trained student"):
-        seg.load_pretrained(tmp_path / "bad.pt")
+        load_pretrained_student(seg.student, tmp_path / "bad.pt")
 
 
 @pytest.mark.parametrize("dataset", ["nuscenes", "waymo"])
@@ -356,21 +379,31 @@ def test_finetune_predict_and_score_end_to_end(world, nus_close, tmp_path, datas
     train = TrainConfig(epochs=1, batch_size=2, lr=1e-3, weight_decay=0.01, amp=False)
     init = _pretrained_student(world, dataset, tmp_path / "student.pt") if dataset == "nuscenes" else None
     out = tmp_path / "model"
-    settings = SegmentationSettings(decoder_channels=16)
-    metrics = run_segmentation_finetune(dataset, world["model_params"][dataset], _store(world, dataset, 0), out, train,
-                                        DistInfo(), init=init, label_fraction=0.5 if dataset == "waymo" else 1.0,
-                                        settings=settings, progress=False)
+    settings = SegmentationSettings(head=SegmentationHead(decoder_channels=16))
+    spec, task = dataset_spec(dataset), SegmentationTask()
+    metrics = finetune(task, settings, FinetuneRun(spec, world["model_params"][dataset], _store(world, dataset, 0), out,
+                                                   train, DistInfo(), init=init,
+                                                   label_fraction=0.5 if dataset == "waymo" else 1.0, progress=False))
     assert np.isfinite(metrics["loss"]) and metrics["ce"] > 0
     assert (out / "checkpoint.pt").is_file() and (out / "dvclive").is_dir()
     state = torch.load(out / "model.pt", weights_only=False)
-    assert state["format"] == "gpicture-segmenter" and state["num_classes"] == (16 if dataset == "nuscenes" else 22)
+    assert state["format"] == "gpicture-segmentation" and state["dataset"] == dataset
+    assert state["head"] == {"lovasz_weight": 1.0, "decoder_channels": 16}
     report = json.loads((out / "init_report.json").read_text())
     assert report["init"] == (str(init) if init else "scratch") and (report["loaded"] > 0) == (init is not None)
     val = _store(world, dataset, 1)
     src = VoxelStore.open(val)
     rep = tmp_path / "report"
-    n = write_predictions(dataset, out / "model.pt", val, rep, batch_size=2,
-                          nuscenes=nus_close if dataset == "nuscenes" else None)
+    model = load_model(task, out / "model.pt", spec, src.attrs)
+    assert isinstance(model, Segmenter) and model.num_classes == (16 if dataset == "nuscenes" else 22)
+    assert not model.training
+    with pytest.raises(ValueError, match="not a gpicture detection model"):
+        load_model(type("Other", (), {"name": "detection"})(), out / "model.pt", spec, src.attrs)
+    other = WAYMO if dataset == "nuscenes" else NUSCENES
+    with pytest.raises(ValueError, match=f"a {dataset} model, the store holds"):
+        load_model(task, out / "model.pt", other, {"dataset": other.name})
+    n = write_segmentation(spec, predict(task, model, val, batch_size=2), val, rep,
+                           source=nus_close if dataset == "nuscenes" else None)
     assert n == len(src)
     pred_dir = rep / PREDICTIONS
     assert not [p for p in rep.iterdir() if p.name.startswith(".")]  # no temporary folder left

@@ -13,16 +13,19 @@ import torch
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
+from gpicture.data.batch import VoxelBatch
 from gpicture.data.convert import ConvertConfig, convert
 from gpicture.data.occupancy_targets import OccupancyGridSpec, frame_ground_truth
+from gpicture.data.spec import NUSCENES
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.eval.nuscenes_detection import (
-    category_to_detection,
+from gpicture.eval.nuscenes_submission import (
     lidar_boxes_to_submission,
     write_submission,
 )
 from gpicture.eval.occupancy import write_prediction_folder
+from gpicture.eval.predictions import DetectionPrediction
+from gpicture.models.pretrain import PretrainBatch
 from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
 from gpicture.teacher import SealTeacher
 from gpicture.teacher.cache import TeacherConfig, build_teacher_store
@@ -56,15 +59,16 @@ def world(tmp_path_factory) -> dict:
                         TeacherConfig(batch_frames=1))
     store = VoxelStore.open(root / "nus.zarr")
     frames = []
+    cmap = NUSCENES.detection_class_map()
     for i in range(len(store)):
         boxes, names, _, _ = store.frame_boxes(i)
-        det = np.array([category_to_detection(n) for n in names], dtype=object)
+        det = np.array([cmap.get(str(n)) for n in names], dtype=object)
         keep = det != None
         moved = np.asarray(boxes, np.float64)[keep].copy()
         moved[:, 0] += SHIFT
-        frames.append({"sample_token": store.frame_ids[i], "pose": store.pose(i), "boxes": moved,
-                       "labels": det[keep], "scores": np.full(int(keep.sum()), 0.9)})
-    write_submission(lidar_boxes_to_submission(frames), root / "det.json")
+        k = int(keep.sum())
+        frames.append(DetectionPrediction(store.frame_ids[i], i, moved, np.full(k, 0.9), det[keep], np.zeros((k, 2))))
+    write_submission(lidar_boxes_to_submission(frames, store.pose), root / "det.json")
     return {"root": root, "nus": root / "nus.zarr", "way": root / "way.zarr", "nus_t": root / "nus_teacher.zarr",
             "way_t": root / "way_teacher.zarr", "det": root / "det.json"}
 
@@ -169,10 +173,14 @@ def test_mask_is_pretrainings_and_each_column_shows_its_top_voxel(world) -> None
     cfg = ShowConfig(size=SIZE, mask=MaskConfig(), mask_seed=5)
     feats, valid = src.teacher_store.frame(1)
     m = inputs.frame_mask(feats, valid, 1, cfg.mask, seed=5)
-    batch = type("B", (), {})()  # the fields masks_for_batch reads, for a one-frame batch of frame 1
-    batch.voxel_coords = torch.zeros((len(feats), 4), dtype=torch.int32)
-    batch.batch_size, batch.frame_index = 1, torch.tensor([1])
-    batch.teacher, batch.teacher_valid = torch.from_numpy(feats), torch.from_numpy(valid)
+    v = len(feats)  # a one-frame batch of frame 1 (masks_for_batch reads the voxels' batch index and frame)
+    voxels = VoxelBatch(points=torch.zeros((0, 3)), features=torch.zeros((0, 0)),
+                        point_voxel=torch.zeros(0, dtype=torch.int64),
+                        voxel_coords=torch.zeros((v, 4), dtype=torch.int32),
+                        point_ptr=torch.zeros(2, dtype=torch.int64), frame_index=torch.tensor([1]))
+    batch = PretrainBatch(voxels, torch.from_numpy(feats), torch.from_numpy(valid),
+                          torch.zeros((v, 1, 3)), torch.ones(v, dtype=torch.int64))
+    assert batch.batch_size == 1
     np.testing.assert_array_equal(m.mask, masks_for_batch(batch, cfg.mask, 5, 0).numpy())
     ratios, counts = m.cluster_ratios()
     assert counts.sum() == valid.sum() and 0.2 < m.mask.mean() < 0.8
@@ -254,7 +262,7 @@ def test_occupancy_truth_prediction_and_comparison(world, tmp_path) -> None:
     store = VoxelStore.open(world["nus"])
     grid = OccupancyGridSpec((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.8, 0.8, 0.8))
     fr = store[0]
-    truth = frame_ground_truth(fr, "nuscenes", grid).astype(np.int64)
+    truth = frame_ground_truth(fr, NUSCENES, grid).astype(np.int64)
     rng = np.random.default_rng(2)
     # The prediction: the truth without the top voxel of some columns (missed), with a voxel
     # above the top of others (false), unchanged elsewhere (agree).
@@ -270,7 +278,7 @@ def test_occupancy_truth_prediction_and_comparison(world, tmp_path) -> None:
     above[:, 3] = 4
     pred = np.vstack([pred, above])
     pred[:, 3] = np.clip(pred[:, 3], 1, 16)
-    write_prediction_folder(tmp_path / "occ", "nuscenes", grid, [f"c{i}" for i in range(16)],
+    write_prediction_folder(tmp_path / "occ", NUSCENES, grid, [f"c{i}" for i in range(16)],
                             {fr.frame_id: pred}, {fr.frame_id: "f0"})
     src = Sources.open(world["nus"], predictions=tmp_path / "occ")
     pic = render_frame(src, 0, ["occupancy"], ShowConfig(size=512))["occupancy"]

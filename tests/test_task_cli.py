@@ -12,8 +12,19 @@ import yaml
 from typer.testing import CliRunner
 
 from gpicture.data.convert import ConvertConfig, convert
+from gpicture.data.spec import NUSCENES
 from gpicture.data.store import VoxelStore
 from gpicture.data.voxelize import VoxelGrid
+from gpicture.eval.nuscenes_submission import (
+    lidar_boxes_to_submission,
+    write_submission,
+)
+from gpicture.eval.nuscenes_submission import (
+    store_ground_truth as nuscenes_ground_truth,
+)
+from gpicture.eval.predictions import DetectionPrediction
+from gpicture.eval.waymo_objects import read_objects, write_objects
+from gpicture.eval.waymo_objects import store_ground_truth as waymo_ground_truth
 from gpicture.synth.generate import SynthConfig, generate_nuscenes, generate_waymo
 from stages.cli import app
 
@@ -107,12 +118,11 @@ def test_dense_tasks_finetune_and_evaluate_from_the_cli(world, task, dataset, tr
 
 
 def test_evaluate_scores_external_ground_truth_predictions_perfectly(world, tmp_path) -> None:
-    from gpicture.eval.nuscenes_detection import lidar_boxes_to_submission, store_ground_truth_frames, write_submission
-    from gpicture.eval.waymo_predictions import store_ground_truth, write_objects
-
     root, params = world["root"], world["params"]
     nus_val = root / "nuscenes" / "mini_val.zarr"
-    write_submission(lidar_boxes_to_submission(store_ground_truth_frames(VoxelStore.open(nus_val))), tmp_path / "gt.json")
+    nus_store = VoxelStore.open(nus_val)
+    write_submission(lidar_boxes_to_submission(nuscenes_ground_truth(nus_store, NUSCENES), nus_store.pose),
+                     tmp_path / "gt.json")
     r = _run(["evaluate", "--task", "detection", "--dataset", "nuscenes", "--predictions", str(tmp_path / "gt.json"),
               "--store", str(nus_val), "--out", str(tmp_path / "nus.json"), "--report-dir", str(tmp_path / "nr"),
               "--params", str(params)])
@@ -120,8 +130,9 @@ def test_evaluate_scores_external_ground_truth_predictions_perfectly(world, tmp_
     assert json.loads((tmp_path / "nus.json").read_text())["mAP"] == pytest.approx(1.0)
 
     way_val = root / "waymo" / "validation.zarr"
-    gt = store_ground_truth(VoxelStore.open(way_val))
-    frames = [{"sample_token": f, "boxes": b.boxes, "labels": b.names, "scores": np.ones(len(b))} for f, b in gt.items()]
+    gt = waymo_ground_truth(VoxelStore.open(way_val))
+    frames = [DetectionPrediction(f, i, b.boxes, np.ones(len(b)), b.names, np.zeros((len(b), 2)))
+              for i, (f, b) in enumerate(gt.items())]
     write_objects(frames, tmp_path / "gt.bin")
     r = _run(["evaluate", "--task", "detection", "--dataset", "waymo", "--predictions", str(tmp_path / "gt.bin"),
               "--store", str(way_val), "--out", str(tmp_path / "way.json"), "--report-dir", str(tmp_path / "wr"),
@@ -132,16 +143,15 @@ def test_evaluate_scores_external_ground_truth_predictions_perfectly(world, tmp_
 
 
 def test_waymo_objects_round_trip_and_bad_files(world, tmp_path) -> None:
-    from gpicture.eval.waymo_predictions import read_objects, write_objects
-
     rng = np.random.default_rng(0)
     boxes = np.column_stack([rng.normal(0, 10, (5, 3)), rng.uniform(1, 4, (5, 3)), rng.uniform(-3, 3, 5)])
     names = np.array(["TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST", "TYPE_VEHICLE", "TYPE_VEHICLE"], dtype=object)
     fid = "seg_0001_000/1550401037050000"
-    assert write_objects([{"sample_token": fid, "boxes": boxes, "labels": names, "scores": np.linspace(0.1, 0.9, 5)}],
-                         tmp_path / "o.bin") == 5
+    pred = DetectionPrediction(fid, 0, boxes, np.linspace(0.1, 0.9, 5), names, np.zeros((5, 2)))
+    assert write_objects([pred], tmp_path / "o.bin") == 5
     back = read_objects(tmp_path / "o.bin", frame_ids=[fid, "other/1"])
     np.testing.assert_allclose(back[fid].boxes, boxes, rtol=1e-6)
+    np.testing.assert_allclose(back[fid].scores, np.linspace(0.1, 0.9, 5), rtol=1e-6)
     assert list(back[fid].names) == list(names) and len(back["other/1"]) == 0
     with pytest.raises(ValueError, match="not in the ground truth"):
         read_objects(tmp_path / "o.bin", frame_ids=["other/1"])
