@@ -30,7 +30,7 @@ from gpicture.data.store import VoxelStore
 from gpicture.models.segmentation import SegmentationBatch
 from gpicture.tasks.segmentation import (
     SegmentationDataset,
-    SegmentationSettings,
+    SegmentationConfig,
     SegmentationTask,
     collate_segmentation,
     labelled_frames,
@@ -74,7 +74,7 @@ def main() -> None:
     prof = params["model"]["profiles"]["small"][args.dataset]
     sec = params.get("finetune", {}).get("segmentation", {})
     task, spec = SegmentationTask(), dataset_spec(args.dataset)
-    settings = task.settings(sec, spec) if sec else SegmentationSettings()
+    settings = task.settings(sec, spec) if sec else SegmentationConfig()
 
     with tempfile.TemporaryDirectory(prefix="bench_segmentation_") as tmp:
         store = args.store or REPO / "data" / "zarr" / args.dataset / "train.zarr"

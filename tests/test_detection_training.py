@@ -30,7 +30,7 @@ from gpicture.tasks.detection.data import (
 )
 from gpicture.tasks.detection.task import (
     DetectionHead,
-    DetectionSettings,
+    DetectionConfig,
     DetectionTask,
 )
 from gpicture.training.augment import AugmentConfig
@@ -135,7 +135,7 @@ def test_finetune_run_and_nuscenes_scoring(store, tmp_path) -> None:
         label_subset(8, 0.0, 0)
     cfg = TrainConfig(epochs=1, batch_size=2, lr=2e-3, weight_decay=0.01)
     task = DetectionTask(score_threshold=0.05)
-    settings = DetectionSettings(head=DetectionHead(head_stride=2))
+    settings = DetectionConfig(head=DetectionHead(head_stride=2))
     finetune(task, settings, FinetuneRun(NUSCENES, PROFILE, store, tmp_path / "ft", cfg, DistInfo(), label_fraction=0.5,
                                          progress=False))
     assert (tmp_path / "ft" / "model.pt").exists() and (tmp_path / "ft" / "init_report.json").exists()

@@ -43,7 +43,7 @@ from gpicture.tasks.occupancy import (
     OccupancyDataset,
     OccupancyHead,
     OccupancyItem,
-    OccupancySettings,
+    OccupancyConfig,
     OccupancyTask,
     collate_occupancy,
 )
@@ -79,7 +79,7 @@ def _store(world: dict, dataset: str, split: int) -> Path:
     return world["root"] / dataset / f"{STORES[dataset][split]}.zarr"
 
 
-def _settings(dataset: str, **kw) -> OccupancySettings:
+def _settings(dataset: str, **kw) -> OccupancyConfig:
     return OccupancyTask().settings({"grid": GRIDS, "augment": {"flip_x": True, "flip_y": True}, **kw},
                                     dataset_spec(dataset))
 
@@ -200,7 +200,7 @@ def test_settings_refuse_flips_on_an_asymmetric_grid() -> None:
     ok = task.settings({"grid": grids, "augment": {"flip_x": True, "flip_y": False}}, WAYMO)
     assert ok.flip_x and not ok.flip_y
     with pytest.raises(ValueError, match="flip_y"):  # the settings themselves refuse it, however built
-        OccupancySettings(OccupancyHead(ok.head.grid), flip_x=False, flip_y=True)
+        OccupancyConfig(OccupancyHead(ok.head.grid), flip_x=False, flip_y=True)
     with pytest.raises(ValueError, match="no entry"):
         task.settings({"grid": grids}, NUSCENES)
     with pytest.raises(ValueError, match="empty_weight"):

@@ -40,7 +40,7 @@ from gpicture.tasks.segmentation import (
     SegmentationDataset,
     SegmentationHead,
     SegmentationItem,
-    SegmentationSettings,
+    SegmentationConfig,
     SegmentationTask,
     collate_segmentation,
 )
@@ -379,7 +379,7 @@ def test_finetune_predict_and_score_end_to_end(world, nus_close, tmp_path, datas
     train = TrainConfig(epochs=1, batch_size=2, lr=1e-3, weight_decay=0.01, amp=False)
     init = _pretrained_student(world, dataset, tmp_path / "student.pt") if dataset == "nuscenes" else None
     out = tmp_path / "model"
-    settings = SegmentationSettings(head=SegmentationHead(decoder_channels=16))
+    settings = SegmentationConfig(head=SegmentationHead(decoder_channels=16))
     spec, task = dataset_spec(dataset), SegmentationTask()
     metrics = finetune(task, settings, FinetuneRun(spec, world["model_params"][dataset], _store(world, dataset, 0), out,
                                                    train, DistInfo(), init=init,

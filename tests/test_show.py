@@ -243,7 +243,7 @@ def test_pca_colours_separate_features_that_differ() -> None:
     valid = np.ones(600, bool)
     valid[:10] = False
     rgb, ratio = pca_rgb(feats, valid)
-    np.testing.assert_allclose(rgb[:10], np.tile(pal.UNLABELLED, (10, 1)))
+    np.testing.assert_allclose(rgb[:10], np.tile(pal.UNLABELLED_COLOR, (10, 1)))
     means = np.array([rgb[10:][cls[10:] == k].mean(0) for k in range(3)])
     spread = max(rgb[10:][cls[10:] == k].std(0).max() for k in range(3))
     gaps = [np.abs(means[i] - means[j]).max() for i in range(3) for j in range(i + 1, 3)]

@@ -12,7 +12,7 @@ from gpicture.eval.predictions import RawSource, Written
 from gpicture.training.finetune import FinetuneTask
 
 PredT = TypeVar("PredT")
-SettingsT = TypeVar("SettingsT")
+ConfigT = TypeVar("ConfigT")
 
 
 class TaskName(str, Enum):
@@ -23,10 +23,10 @@ class TaskName(str, Enum):
     occupancy = "occupancy"
 
 
-class EvaluatedTask(FinetuneTask[SettingsT, Any, Any, Any, PredT], Protocol[SettingsT, PredT]):
+class EvaluatedTask(FinetuneTask[ConfigT, Any, Any, Any, PredT], Protocol[ConfigT, PredT]):
     """A fine-tunable task that also writes its predictions officially and scores them."""
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> SettingsT:
+    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> ConfigT:
         """The task's settings from its (profile-merged) ``finetune.<task>`` params section."""
         ...
 

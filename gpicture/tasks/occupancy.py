@@ -58,7 +58,7 @@ class OccupancyHead:
 
 
 @dataclass(frozen=True)
-class OccupancySettings:
+class OccupancyConfig:
     """Head and training-data settings of occupancy fine-tuning (``finetune.occupancy``)."""
 
     head: OccupancyHead = field(default_factory=OccupancyHead)
@@ -83,7 +83,7 @@ class OccupancyItem:
 
 class OccupancyDataset(VoxelStoreDataset):
     """Frames of a store with their dense occupancy target on ``grid``; with ``augment`` the
-    seeded (seed, epoch, frame) flips of :class:`OccupancySettings` are applied. ``frames`` None:
+    seeded (seed, epoch, frame) flips of :class:`OccupancyConfig` are applied. ``frames`` None:
     the frames with ground truth; ``targets`` False (prediction): no target is built."""
 
     def __init__(self, store: str | Path, feature_names: list[str], grid: OccupancyGridSpec,
@@ -143,7 +143,7 @@ class OccupancyTask:
     collate: ClassVar = staticmethod(collate_occupancy)
     head_type: ClassVar = OccupancyHead
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> OccupancySettings:
+    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> OccupancyConfig:
         """From the (profile-merged) ``finetune.occupancy`` section: ``grid.<dataset>``,
         ``empty_weight``, ``trunk_channels``, ``augment.{flip_x, flip_y}`` (augment null: none)."""
         grids = sec.get("grid", {})
@@ -152,7 +152,7 @@ class OccupancyTask:
         a = sec.get("augment") or {}
         head = OccupancyHead(OccupancyGridSpec.from_params(grids[spec.name]), float(sec.get("empty_weight", 0.1)),
                              int(sec.get("trunk_channels", 64)))
-        return OccupancySettings(head, flip_x=bool(a.get("flip_x", False)), flip_y=bool(a.get("flip_y", False)))
+        return OccupancyConfig(head, flip_x=bool(a.get("flip_x", False)), flip_y=bool(a.get("flip_y", False)))
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         labelled = frames_with_ground_truth(store)
@@ -162,7 +162,7 @@ class OccupancyTask:
         return labelled
 
     def dataset(self, store: Path, spec: DatasetSpec, feature_names: list[str], frames: list[int],
-                settings: OccupancySettings, seed: int) -> OccupancyDataset:
+                settings: OccupancyConfig, seed: int) -> OccupancyDataset:
         return OccupancyDataset(store, feature_names, settings.head.grid, frames, augment=True,
                                 flip_x=settings.flip_x, flip_y=settings.flip_y, seed=seed)
 

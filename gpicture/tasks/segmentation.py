@@ -60,7 +60,7 @@ class SegmentationHead:
 
 
 @dataclass(frozen=True)
-class SegmentationSettings:
+class SegmentationConfig:
     """Settings of segmentation fine-tuning (``finetune.segmentation``) beyond the optimiser's."""
 
     head: SegmentationHead = field(default_factory=SegmentationHead)
@@ -147,9 +147,9 @@ class SegmentationTask:
     collate: ClassVar = staticmethod(collate_segmentation)
     head_type: ClassVar = SegmentationHead
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> SegmentationSettings:
+    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> SegmentationConfig:
         """From the merged ``finetune.segmentation`` section (the keys are the same for both datasets)."""
-        return SegmentationSettings(SegmentationHead(float(sec.get("lovasz_weight", 1.0)),
+        return SegmentationConfig(SegmentationHead(float(sec.get("lovasz_weight", 1.0)),
                                                      int(sec.get("decoder_channels", 64))),
                                     AugmentConfig.from_params(sec.get("augment")))
 
@@ -157,7 +157,7 @@ class SegmentationTask:
         return labelled_frames(store, spec)
 
     def dataset(self, store: Path, spec: DatasetSpec, feature_names: list[str], frames: list[int],
-                settings: SegmentationSettings, seed: int) -> SegmentationDataset:
+                settings: SegmentationConfig, seed: int) -> SegmentationDataset:
         return SegmentationDataset(store, feature_names, frames, settings.augment, seed, labelled_only=True)
 
     def prediction_set(self, model: Segmenter, store: Path) -> SegmentationDataset:

@@ -38,7 +38,7 @@ from gpicture.training.engine import (
     unwrap,
 )
 
-SettingsT = TypeVar("SettingsT")
+ConfigT = TypeVar("ConfigT")
 HeadT = TypeVar("HeadT")
 ModelT = TypeVar("ModelT", bound=nn.Module)
 BatchT = TypeVar("BatchT")
@@ -55,7 +55,7 @@ class TaskDataset(Protocol):
     def __getitem__(self, i: int) -> Any: ...
 
 
-class FinetuneTask(Protocol[SettingsT, HeadT, ModelT, BatchT, PredT]):
+class FinetuneTask(Protocol[ConfigT, HeadT, ModelT, BatchT, PredT]):
     """What :func:`finetune` and :func:`predict` need of a downstream task."""
 
     name: str  # "detection", ...: the model file's format is f"gpicture-{name}"
@@ -65,7 +65,7 @@ class FinetuneTask(Protocol[SettingsT, HeadT, ModelT, BatchT, PredT]):
         ...
 
     def dataset(self, store: Path, spec: DatasetSpec, feature_names: list[str], frames: list[int],
-                settings: SettingsT, seed: int) -> TaskDataset:
+                settings: ConfigT, seed: int) -> TaskDataset:
         """Training items of ``frames`` with ``settings``' augmentation (seeded by ``seed``)."""
         ...
 
@@ -183,7 +183,7 @@ def _step(model: nn.Module, batch: Any, ctx: StepContext, task: FinetuneTask) ->
     return task.loss(model, batch.to(ctx.device))
 
 
-def finetune(task: FinetuneTask[SettingsT, HeadT, ModelT, Any, Any], settings: SettingsT,
+def finetune(task: FinetuneTask[ConfigT, HeadT, ModelT, Any, Any], settings: ConfigT,
              run: FinetuneRun) -> dict[str, float]:
     """Fine-tune ``task``'s model on ``run.label_fraction`` of the labelled frames of ``run.store``;
     writes ``model.pt``, ``init_report.json``, ``checkpoint.pt`` and dvclive logs in

@@ -21,7 +21,7 @@ import numpy as np
 from gpicture.data.spec import SegmentationFormat, dataset_spec, nuscenes_class_mapper
 
 BACKGROUND = (1.0, 1.0, 1.0)  # BEV panels: white, for print
-UNLABELLED = (0.78, 0.78, 0.78)  # points / voxels without a label (255) or without a teacher target
+UNLABELLED_COLOR = (0.78, 0.78, 0.78)  # points / voxels without a label (255) or without a teacher target
 GT_BOX = (0.0, 0.0, 0.0)  # ground-truth outlines and heading marks
 PRED_BOX = (1.0, 0.0, 1.0)  # predicted outlines (magenta: no class colour is close)
 MASKED = (0.35, 0.35, 0.35)  # masked voxels in the "what the student sees" panel
@@ -58,13 +58,13 @@ class SemanticPalette:
     def point_colors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored point labels (N,) -> (class ids (N,) int64 with -1 = none, RGB (N, 3) float)."""
         ids = self.lut[np.asarray(labels, dtype=np.int64)]
-        table = np.vstack([self.colors, np.asarray(UNLABELLED)[None]])  # row -1: unlabelled
+        table = np.vstack([self.colors, np.asarray(UNLABELLED_COLOR)[None]])  # row -1: unlabelled
         return ids, table[ids]
 
     def class_colors(self, ids: np.ndarray) -> np.ndarray:
         """Class ids (N,) (-1 or out of range: none) -> RGB (N, 3) float."""
         ids = np.asarray(ids, dtype=np.int64)
-        table = np.vstack([self.colors, np.asarray(UNLABELLED)[None]])
+        table = np.vstack([self.colors, np.asarray(UNLABELLED_COLOR)[None]])
         ok = (ids >= 0) & (ids < len(self.colors))
         return table[np.where(ok, ids, -1)]
 
@@ -91,8 +91,8 @@ def semantic_palette(dataset: str, store_attrs: dict[str, Any]) -> SemanticPalet
 
 
 def cluster_colors(ids: np.ndarray) -> np.ndarray:
-    """Cluster ids (N,) -> RGB (N, 3); -1 (no teacher target) -> :data:`UNLABELLED`."""
+    """Cluster ids (N,) -> RGB (N, 3); -1 (no teacher target) -> :data:`UNLABELLED_COLOR`."""
     ids = np.asarray(ids, dtype=np.int64)
     out = CLUSTER_COLORS[np.maximum(ids, 0) % len(CLUSTER_COLORS)]
-    out[ids < 0] = UNLABELLED
+    out[ids < 0] = UNLABELLED_COLOR
     return out

@@ -128,6 +128,6 @@ def render_range(frame: StoreFrame, palette: pal.SemanticPalette, width: int = W
     present = np.unique(ids[ids >= 0])
     items = [(palette.names[i], tuple(palette.colors[i])) for i in present]
     if not items:
-        items = [("no labels in this frame", pal.UNLABELLED)]
+        items = [("no labels in this frame", pal.UNLABELLED_COLOR)]
     patch_legend(leg, items, ncol=2 if len(items) > 9 else 1)
     return Picture(fig, {})

@@ -128,7 +128,7 @@ def render_bev(frame: StoreFrame, dataset: str, grid: StoreGrid, palette: pal.Se
         present = np.unique(ids[ids >= 0])
         items += [(palette.names[i], tuple(palette.colors[i])) for i in present]
         if (ids < 0).any():
-            items.append(("unlabelled", pal.UNLABELLED))
+            items.append(("unlabelled", pal.UNLABELLED_COLOR))
     items.append((f"ground truth ({len(frame.boxes)})", pal.GT_BOX))
     if predictions is not None:
         keep = predictions.scores >= score_threshold
@@ -170,7 +170,7 @@ def render_mask(frame: StoreFrame, dataset: str, grid: StoreGrid, mask: FrameMas
     if (mask.cluster < 0).any():
         none = mask.cluster < 0
         items.append((f"no teacher target: {100 * mask.mask[none].mean():.0f}% masked ({int(none.sum())} vox)",
-                      pal.UNLABELLED))
+                      pal.UNLABELLED_COLOR))
     items.append(("masked (panel b)", pal.MASKED))
     total = f"{100 * mask.mask.mean():.1f}% of {len(mask.mask)} voxels masked" if len(mask.mask) else "no voxels"
     patch_legend(leg, items, title=total)
@@ -190,7 +190,7 @@ def pca_rgb(features: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
     first component's) and signed so that its largest loading is positive (the same features
     give the same colours). Invalid rows grey."""
     v = len(features)
-    rgb = np.broadcast_to(np.asarray(pal.UNLABELLED), (v, 3)).copy()
+    rgb = np.broadcast_to(np.asarray(pal.UNLABELLED_COLOR), (v, 3)).copy()
     x = np.asarray(features, dtype=np.float64)[valid]
     if len(x) < 2:
         return rgb, np.zeros(3)
@@ -225,7 +225,7 @@ def render_teacher(frame: StoreFrame, dataset: str, grid: StoreGrid, palette: pa
     show_raster(axes[1], panels[1], _grid_raster(panels[1], grid, cell, on))
     present = np.unique(labels[labels >= 0])
     items = [(palette.names[i], tuple(palette.colors[i])) for i in present]
-    items.append(("no label / no teacher target", pal.UNLABELLED))
+    items.append(("no label / no teacher target", pal.UNLABELLED_COLOR))
     patch_legend(leg, items, title=f"PCA variance: {', '.join(f'{100 * r:.0f}%' for r in ratio)}")
     return Picture(fig, {"teacher": panels[0], "labels": panels[1]})
 

@@ -44,7 +44,7 @@ class DetectionHead:
 
 
 @dataclass(frozen=True)
-class DetectionSettings:
+class DetectionConfig:
     """Settings of detection fine-tuning (``finetune.detection``) beyond the optimiser's."""
 
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -61,21 +61,21 @@ class DetectionTask:
     collate: ClassVar = staticmethod(collate_detection)
     head_type: ClassVar = DetectionHead
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> DetectionSettings:
+    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> DetectionConfig:
         g = sec.get("gt_sampling")
         groups = (g or {}).get("sample_groups", {}).get(spec.name)
         gt = GTSamplingConfig.from_params({"sample_groups": groups or {}, "min_points": (g or {}).get("min_points", 5)})
         unknown = set(gt.sample_groups if gt else ()) - set(spec.detection_classes)
         if unknown:
             raise ValueError(f"finetune.detection.gt_sampling.sample_groups.{spec.name}: unknown classes {sorted(unknown)}")
-        return DetectionSettings(AugmentConfig.from_params(sec.get("augment")), gt,
+        return DetectionConfig(AugmentConfig.from_params(sec.get("augment")), gt,
                                  DetectionHead(int(sec.get("head_stride", 1))))
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         return list(range(len(store)))  # every frame has its boxes (possibly none)
 
     def dataset(self, store: Path, spec: DatasetSpec, feature_names: list[str], frames: list[int],
-                settings: DetectionSettings, seed: int) -> DetectionDataset:
+                settings: DetectionConfig, seed: int) -> DetectionDataset:
         ds = DetectionDataset(store, feature_names, spec.detection_classes, spec.detection_class_map(), frames,
                               settings.augment, seed, gt_sampling=settings.gt_sampling)
         _ = ds.gt_database  # built once here, before DataLoader workers fork, so that they share it
