@@ -14,6 +14,11 @@ from gpicture.training.engine import TrainConfig, setup_distributed
 from gpicture.training.pretrain import DGPLConfig, MaskConfig, run_pretrain
 
 
+def _blocks(value: int | list[int]) -> tuple[int, ...]:
+    """``pretrain.decoder_blocks``: blocks per decoder stage (a bare int: one stage)."""
+    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
 def pretrain(
     dataset: str = typer.Option(..., help="nuscenes or waymo."),
     store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/train.zarr)."),
@@ -50,7 +55,8 @@ def pretrain(
     try:
         metrics = run_pretrain(prof, store, teacher, out, cfg, tuple(alpha), mask, dgpl, dist,
                                true_points=int(sec["heads"]["true_points"]), pred_points=int(sec["heads"]["pred_points"]),
-                               decoder_blocks=int(sec["decoder_blocks"]), resume=resume,
+                               decoder_blocks=_blocks(sec["decoder_blocks"]), resume=resume,
+                               frame_fraction=float(sec.get("frame_fraction", 1.0)),
                                teacher_targets=bool(sec.get("teacher_targets", True) if teacher_targets is None
                                                     else teacher_targets))
     except (ValueError, OSError) as exc:

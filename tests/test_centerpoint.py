@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gpicture.models.detection.centerpoint import CenterPoint, focal_loss
+from gpicture.models.detection.centerpoint import CenterPoint, HeadConfig, focal_loss
 from gpicture.models.detection.targets import BEVGrid, build_targets, gaussian_radius
 
 GRID = BEVGrid((-20.0, -20.0, -3.0, 20.0, 20.0, 3.0), (0.5, 0.5))
@@ -33,7 +33,7 @@ def test_focal_loss_is_small_for_the_target() -> None:
 
 def test_head_learns_and_decodes_a_box() -> None:
     torch.manual_seed(0)
-    model = CenterPoint(8, [["car"], ["pedestrian"]], GRID, trunk_channels=16)
+    model = CenterPoint(8, [["car"], ["pedestrian"]], GRID, HeadConfig(trunk_channels=16))
     bev = torch.randn(1, 8, 80, 80)
     box = torch.tensor([[2.2, 3.1, 0.4, 4.2, 1.9, 1.6, 0.7]])
     opt = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -140,7 +140,8 @@ def test_finetune_run_and_nuscenes_scoring(store, tmp_path) -> None:
                                          progress=False))
     assert (tmp_path / "ft" / "model.pt").exists() and (tmp_path / "ft" / "init_report.json").exists()
     state = torch.load(tmp_path / "ft" / "model.pt", weights_only=False)
-    assert state["format"] == "gpicture-detection" and state["head"] == {"head_stride": 2}
+    assert state["format"] == "gpicture-detection" and state["head"]["head_stride"] == 2
+    assert DetectionHead.from_dict(state["head"]) == settings.head  # the head's whole shape travels with the model
     n_frames = len(VoxelStore.open(store))
     assert json.loads((tmp_path / "ft" / "init_report.json").read_text())["frames"] == round(0.5 * n_frames)
 

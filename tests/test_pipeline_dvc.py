@@ -1,8 +1,9 @@
 """The whole DVC pipeline end to end on tiny parameters, in a copy of the repository:
 `dvc repro` runs every stage (synth -> convert -> teacher -> pretrain (+ ablation) ->
-finetune -> evaluate -> the study and its report), a second `dvc repro` has nothing to do,
-and `dvc exp run -S pretrain...` re-runs pre-training and what depends on it, nothing else,
-with `dvc exp show` listing both runs' metrics."""
+finetune -> evaluate -> cka -> the study and its report), a second `dvc repro` has nothing to do,
+and `dvc exp run -S pretrain.alpha_file=<the cka stage's alpha>` re-runs pre-training with the
+CKA-guided weights from the fine-tuned models and what depends on it, nothing else, with
+`dvc exp show` listing both runs' metrics."""
 
 from __future__ import annotations
 
@@ -85,14 +86,24 @@ def test_dvc_repro_runs_every_stage_then_nothing_and_exp_run_reruns_only_pretrai
 
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "baseline"], root, env)
-    exp = _run(["dvc", "exp", "run", "-S", "pretrain.lr=0.004"], root, env)
+    alpha_file = "models/cka/nuscenes/alpha.yaml"
+    cka = yaml.safe_load((root / alpha_file).read_text())
+    assert len(cka["alpha"]) == 8 and all(0 < a <= 1 + 1e-6 for a in cka["alpha"])
+    assert sorted(cka["finetuned"]) == sorted(f"models/{t}/nuscenes/model.pt" for t in ("detection", "segmentation",
+                                                                                       "occupancy"))
+    exp = _run(["dvc", "exp", "run", "-S", f"pretrain.alpha_file={alpha_file}"], root, env)
     reran = _stages_run(exp)
     untouched = {s for s in stages if s.startswith(("synth@", "convert_", "teacher@", "study_scratch@"))}
     assert not reran & untouched, sorted(reran & untouched)
-    assert {"pretrain@nuscenes", "pretrain@waymo", "pretrain_ablation", "study_report", "figures@nuscenes"} <= reran
+    assert {"pretrain@nuscenes", "pretrain@waymo", "pretrain_ablation", "study_report", "figures@nuscenes",
+            "cka@nuscenes", "cka@waymo"} <= reran
+    import torch
+
+    student = torch.load(root / "models" / "pretrain" / "nuscenes" / "student.pt", weights_only=False)
+    assert student["alpha"] == pytest.approx(cka["alpha"])  # pre-trained with the CKA-guided weights
     assert {s for s in stages if s.startswith(("finetune@", "evaluate@", "study_gpicture@", "study_noteacher@"))} <= reran
 
     show = _run(["dvc", "exp", "show", "--json"], root, env)
     json.loads(show)
-    # the baseline and the experiment, each with its pretrain.lr and its metrics
-    assert "0.005" in show and "0.004" in show and "metrics/nuscenes/detection.json" in show
+    # the baseline and the experiment, each with its pretrain.alpha_file and its metrics
+    assert alpha_file in show and "metrics/nuscenes/detection.json" in show

@@ -388,7 +388,8 @@ def test_finetune_predict_and_score_end_to_end(world, nus_close, tmp_path, datas
     assert (out / "checkpoint.pt").is_file() and (out / "dvclive").is_dir()
     state = torch.load(out / "model.pt", weights_only=False)
     assert state["format"] == "gpicture-segmentation" and state["dataset"] == dataset
-    assert state["head"] == {"lovasz_weight": 1.0, "decoder_channels": 16}
+    assert state["head"] == {"lovasz_weight": 1.0, "decoder_channels": 16, "grid": "cartesian",
+                             "cylinder": (480, 360, 32)}
     report = json.loads((out / "init_report.json").read_text())
     assert report["init"] == (str(init) if init else "scratch") and (report["loaded"] > 0) == (init is not None)
     val = _store(world, dataset, 1)

@@ -196,6 +196,11 @@ class VoxelStore:
     def frame_ids(self) -> list[str]:
         return list(self._ids)
 
+    @property
+    def frame_scenes(self) -> list[str]:
+        """The scene (nuScenes scene name, Waymo context) of every frame, in store order."""
+        return list(self._frame_values["scene"])
+
     def index_of(self, frame_id: str) -> int:
         try:
             return self._index[frame_id]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from gpicture.data.batch import VoxelBatch, move_to
 from gpicture.data.occupancy_targets import OccupancyGridSpec
 from gpicture.data.spec import OCCUPANCY_IGNORE
-from gpicture.models.detection.centerpoint import BEVBackbone
+from gpicture.models.detection.bev import BEVBackbone
 from gpicture.models.student import Student
 
 

@@ -5,8 +5,9 @@ The student encodes only the visible voxels. For every supervised layer l, the
 layer's features (broadcast back to the input voxels) fill the visible voxels and a
 learned mask token (plus an embedding of the voxel's position) fills the masked ones;
 one light DSVT decoder runs over all L copies at once (each copy is a separate batch
-entry), and per-layer heads predict, for every masked voxel, 16 points relative to the
-voxel centre (Chamfer distance to its up to 64 true points) and the 64-d teacher
+entry; the paper's decoder has two stages, the second on the shifted windows), and per-layer
+heads predict, for every masked voxel, 16 points relative to the
+voxel centre in metres (Chamfer distance to its up to 64 true points) and the 64-d teacher
 feature (Smooth-L1, where the voxel has a teacher target). The layer loss is
 alpha_l * L_points + (1 - alpha_l) * beta_t * L_teacher (CKA-guided hierarchy, gated).
 """
@@ -32,7 +33,7 @@ class PretrainBatch:
     voxels: VoxelBatch
     teacher: Tensor  # (V, 64) float32 teacher features
     teacher_valid: Tensor  # (V,) bool voxel has a teacher target
-    true_points: Tensor  # (V, P, 3) float32 points relative to the voxel centre, voxel units, first P by store order
+    true_points: Tensor  # (V, P, 3) float32 points relative to the voxel centre, metres, first P by store order
     true_count: Tensor  # (V,) int64 valid rows of true_points (>= 1)
 
     @property
@@ -48,7 +49,7 @@ class ReconstructionConfig:
     alpha: tuple[float, ...]  # one per supervised layer (the paper: 0.97 ... 0.31 for 8 layers)
     pred_points: int = 16
     teacher_dim: int = 64
-    decoder_blocks: int = 1
+    decoder_blocks: tuple[int, ...] = (1,)  # blocks per decoder stage (the paper: 2 stages)
 
 
 def chamfer(pred: Tensor, true: Tensor, count: Tensor) -> Tensor:
@@ -86,8 +87,9 @@ class GPicturePretrainer(nn.Module):
         self.register_buffer("alpha", torch.tensor(cfg.alpha, dtype=torch.float32), persistent=False)
         self.decoder = DSVTEncoder(DSVTConfig(
             sparse_shape=dcfg.sparse_shape, d_model=d, nhead=dcfg.nhead, dim_feedforward=dcfg.dim_feedforward,
-            set_size=dcfg.set_size, window_shapes=(dcfg.window_shapes[0],), blocks=(cfg.decoder_blocks,),
-            z_strides=(), shift=dcfg.shift, hybrid_factor=dcfg.hybrid_factor))
+            set_size=dcfg.set_size, window_shapes=(dcfg.window_shapes[0],) * len(cfg.decoder_blocks),
+            blocks=tuple(cfg.decoder_blocks), z_strides=((1, 1, 1),) * (len(cfg.decoder_blocks) - 1),
+            shift=dcfg.shift, hybrid_factor=dcfg.hybrid_factor))
         self.mask_token = nn.Parameter(torch.zeros(d))
         nn.init.normal_(self.mask_token, std=0.02)
         self.mask_pos = nn.Linear(3, d)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_scatter import scatter_mean
 
 from gpicture.data.batch import VoxelBatch, move_to
 from gpicture.data.spec import IGNORE_INDEX
@@ -72,16 +73,27 @@ def lovasz_softmax(probs: Tensor, labels: Tensor, ignore_index: int = IGNORE_IND
 
 
 class SegDecoder(nn.Module):
-    """Per-input-voxel DSVT features (early + late) -> spconv refinement -> per-point logits."""
+    """Per-input-voxel DSVT features (early + late) -> spconv refinement -> per-point logits.
+
+    The refinement runs on the student's Cartesian grid, or (``cylinder`` = (n_rho, n_phi, n_z),
+    the paper's fine-tuning grid, 480 x 360 x 32 as Cylinder3D) on a cylindrical grid: the fused
+    features of each point's Cartesian voxel are averaged into its cylindrical cell (rho from 0
+    to the range's largest |x| or |y|, further points in the outer ring; phi over [-pi, pi);
+    z over the range), refined there by the same two submanifold convolutions, and read back
+    per point. Cells are equal in angle, so they grow with the distance as the returns thin out.
+    """
 
     def __init__(self, d_model: int, num_point_features: int, num_classes: int, grid_zyx: tuple[int, int, int],
-                 voxel_size: tuple[float, float, float], point_cloud_range: tuple[float, ...], hidden: int = 64) -> None:
+                 voxel_size: tuple[float, float, float], point_cloud_range: tuple[float, ...], hidden: int = 64,
+                 cylinder: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         import spconv.pytorch as spconv
 
         from gpicture.compat import spconv_algo  # lazy: with spconv, whose import is slow
 
         self.grid_zyx = tuple(int(v) for v in grid_zyx)
+        self.cylinder = None if cylinder is None else tuple(int(v) for v in cylinder)
+        self.max_rho = float(max(abs(v) for v in (*point_cloud_range[0:2], *point_cloud_range[3:5])))
         self.register_buffer("voxel_size", torch.tensor(voxel_size, dtype=torch.float32), persistent=False)
         self.register_buffer("lo", torch.tensor(point_cloud_range[:3], dtype=torch.float32), persistent=False)
         self.register_buffer("hi", torch.tensor(point_cloud_range[3:], dtype=torch.float32), persistent=False)
@@ -99,29 +111,55 @@ class SegDecoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * hidden, hidden, bias=False), nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01),
                                   nn.ReLU(), nn.Linear(hidden, num_classes))
 
+    def cylinder_cells(self, points: Tensor, point_batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(cell (P,) int64 of each point, coords (M, 4) int32 b, z, phi, rho of the occupied cells)."""
+        nr, nphi, nz = self.cylinder
+        rho = torch.hypot(points[:, 0], points[:, 1])
+        phi = torch.atan2(points[:, 1], points[:, 0])
+        ir = (rho / self.max_rho * nr).long().clamp(0, nr - 1)
+        ip = ((phi + torch.pi) / (2 * torch.pi) * nphi).long().clamp(0, nphi - 1)
+        iz = ((points[:, 2] - self.lo[2]) / (self.hi[2] - self.lo[2]) * nz).long().clamp(0, nz - 1)
+        key = ((point_batch.long() * nz + iz) * nphi + ip) * nr + ir
+        uniq, cell = torch.unique(key, return_inverse=True)
+        b, rem = torch.div(uniq, nz * nphi * nr, rounding_mode="floor"), uniq % (nz * nphi * nr)
+        z, rem = torch.div(rem, nphi * nr, rounding_mode="floor"), rem % (nphi * nr)
+        return cell, torch.stack([b, z, torch.div(rem, nr, rounding_mode="floor"), rem % nr], 1).int()
+
     def forward(self, early: Tensor, late: Tensor, voxel_coords: Tensor, batch_size: int, points: Tensor,
-                features: Tensor, point_voxel: Tensor) -> Tensor:
-        """``early``/``late`` (V, d) per input voxel; ``points`` (P, 3), ``features`` (P, F) and
-        ``point_voxel`` (P,) of the points to classify -> logits (P, num_classes)."""
+                features: Tensor, point_voxel: Tensor, point_batch: Tensor | None = None) -> Tensor:
+        """``early``/``late`` (V, d) per input voxel; ``points`` (P, 3), ``features`` (P, F),
+        ``point_voxel`` (P,) and (cylindrical grid) ``point_batch`` (P,) of the points to classify
+        -> logits (P, num_classes)."""
         import spconv.pytorch as spconv
 
         x = self.fuse(torch.cat([early, late], 1))
-        sp = spconv.SparseConvTensor(x, voxel_coords.int(), list(self.grid_zyx), batch_size)
-        v = self.conv(sp).features + x  # residual: the convolutions refine, the fused features remain
         inside = point_voxel >= 0
         pv = point_voxel.clamp_min(0).long()
         centre = (voxel_coords[pv][:, [3, 2, 1]].float() + 0.5) * self.voxel_size + self.lo
         rel = torch.where(inside[:, None], (points - centre) / self.voxel_size, torch.zeros_like(points))
         pos = 2.0 * (points - self.lo) / (self.hi - self.lo) - 1.0  # [-1, 1] inside the range
         p = self.point(torch.cat([pos, rel, features], 1))
-        vox = v[pv] * inside[:, None].to(v.dtype) if len(v) else p.new_zeros(len(pv), v.shape[1])
+        if self.cylinder is None:
+            sp = spconv.SparseConvTensor(x, voxel_coords.int(), list(self.grid_zyx), batch_size)
+            v = self.conv(sp).features + x  # residual: the convolutions refine, the fused features remain
+            vox = v[pv] * inside[:, None].to(v.dtype) if len(v) else p.new_zeros(len(pv), v.shape[1])
+        else:
+            px = x[pv] * inside[:, None].to(x.dtype) if len(x) else p.new_zeros(len(pv), x.shape[1])
+            cell, coords = self.cylinder_cells(points, point_batch)
+            feats = scatter_mean(px, cell, dim=0, dim_size=len(coords))
+            nr, nphi, nz = self.cylinder
+            c = self.conv(spconv.SparseConvTensor(feats, coords, [nz, nphi, nr], batch_size)).features + feats
+            vox = c[cell]
         return self.head(torch.cat([vox, p], 1))
 
 
 class Segmenter(nn.Module):
     """Student backbone + sparse-convolution decoder -> per-point class logits."""
 
-    def __init__(self, student: Student, num_classes: int, hidden: int = 64, lovasz_weight: float = 1.0) -> None:
+    def __init__(self, student: Student, num_classes: int, hidden: int = 64, lovasz_weight: float = 1.0,
+                 cylinder: tuple[int, int, int] | None = None) -> None:
+        """``cylinder``: (n_rho, n_phi, n_z) of the decoder's cylindrical grid; None: the student's
+        Cartesian grid (see :class:`SegDecoder`)."""
         super().__init__()
         self.student = student
         self.num_classes = int(num_classes)
@@ -130,15 +168,16 @@ class Segmenter(nn.Module):
         nx, ny, nz = cfg.dsvt.sparse_shape
         self.early_layer = 2 * cfg.dsvt.blocks[0] - 1  # the last layer of the first (full-resolution) stage
         self.decoder = SegDecoder(cfg.dsvt.d_model, len(cfg.point_features), self.num_classes, (nz, ny, nx),
-                                  cfg.voxel_size, cfg.point_cloud_range, hidden)
+                                  cfg.voxel_size, cfg.point_cloud_range, hidden, cylinder)
 
     def forward(self, batch: SegmentationBatch) -> Tensor:
         """Logits (P, num_classes) of the points ``batch.seg_index``."""
         v = batch.voxels
         out = self.student.encode(v)
         idx = batch.seg_index
+        point_batch = torch.repeat_interleave(torch.arange(v.batch_size, device=idx.device), torch.diff(batch.seg_ptr))
         return self.decoder(out.per_input_voxel(self.early_layer), out.per_input_voxel(), v.voxel_coords,
-                            v.batch_size, v.points[idx], v.features[idx], v.point_voxel[idx])
+                            v.batch_size, v.points[idx], v.features[idx], v.point_voxel[idx], point_batch)
 
     def loss(self, batch: SegmentationBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross entropy (unlabelled points ignored) + ``lovasz_weight`` x Lovász-softmax."""

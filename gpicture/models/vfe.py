@@ -3,7 +3,8 @@
 Every point is described by its xyz, the configured point features, its offset to
 the mean of its voxel's points and its offset to the voxel centre (metres). PFN layers
 (Linear, BatchNorm, ReLU) run per point; between layers each point is concatenated
-with the max over its voxel, and the last layer's scatter-max is the voxel feature.
+with the max over its voxel (a layer before the last has half its filters, as the
+reference dynamic pillar VFE), and the last layer's scatter-max is the voxel feature.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ class DynamicVFE(nn.Module):
         dims = [3 + num_point_features + 6, *filters]
         self.layers = nn.ModuleList()
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-            last = i == len(filters) - 1
+            # As the reference PFN layer: a layer before the last outputs half its filters, so that
+            # with the voxel max concatenated the next layer's input has exactly `filters[i]` channels.
+            width = cout if i == len(filters) - 1 else cout // 2
             self.layers.append(nn.ModuleDict({
-                "linear": nn.Linear(cin if i == 0 else cin * 2, cout if last else cout, bias=False),
-                "norm": nn.BatchNorm1d(cout, eps=1e-3, momentum=0.01),
+                "linear": nn.Linear(cin, width, bias=False),
+                "norm": nn.BatchNorm1d(width, eps=1e-3, momentum=0.01),
             }))
         self.out_channels = filters[-1]
 

@@ -6,6 +6,7 @@ from gpicture.ops.native import native_available
 from gpicture.ops.rotated_iou import (
     nms_reference,
     nms_rotated,
+    paired_iou_3d,
     rotated_iou,
     rotated_iou_reference,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "native_available",
     "nms_reference",
     "nms_rotated",
+    "paired_iou_3d",
     "rotated_iou",
     "rotated_iou_reference",
 ]

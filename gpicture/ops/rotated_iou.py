@@ -239,6 +239,21 @@ def rotated_iou(a: Tensor, b: Tensor) -> Tensor:
     return rotated_iou_reference(a, b)
 
 
+def paired_iou_3d(a: Tensor, b: Tensor) -> Tensor:
+    """3D IoU (P,) of paired upright boxes ``a[p]``, ``b[p]`` (P, 7) x, y, z, l, w, h, yaw (m, rad;
+    z the centre): rotated BEV intersection times the z overlap, over the union of the volumes.
+    Float64 inside; no gradient (a training target)."""
+    a64, b64 = a.detach().double(), b.detach().double()
+    bev = _paired_iou(a64[:, [0, 1, 3, 4, 6]], b64[:, [0, 1, 3, 4, 6]])
+    area_a, area_b = a64[:, 3] * a64[:, 4], b64[:, 3] * b64[:, 4]
+    inter = bev * (area_a + area_b) / (1 + bev)  # IoU = I / (A + B - I)
+    lo = torch.maximum(a64[:, 2] - a64[:, 5] / 2, b64[:, 2] - b64[:, 5] / 2)
+    hi = torch.minimum(a64[:, 2] + a64[:, 5] / 2, b64[:, 2] + b64[:, 5] / 2)
+    inter3 = inter * (hi - lo).clamp_min(0)
+    union = area_a * a64[:, 5] + area_b * b64[:, 5] - inter3
+    return torch.where(union > 0, inter3 / union.clamp_min(1e-12), torch.zeros_like(union)).to(a.dtype)
+
+
 def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy rotated NMS through the native op when built, else the reference.
 

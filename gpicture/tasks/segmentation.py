@@ -53,10 +53,17 @@ class SegmentationHead:
 
     lovasz_weight: float = 1.0  # loss = CE + lovasz_weight * Lovász-softmax
     decoder_channels: int = 64  # width of the sparse-convolution decoder and point head
+    grid: str = "cartesian"  # the decoder's grid: the student's "cartesian" one or "cylindrical" (the paper's)
+    cylinder: tuple[int, int, int] = (480, 360, 32)  # n_rho, n_phi, n_z of the cylindrical grid
+
+    def __post_init__(self) -> None:
+        if self.grid not in ("cartesian", "cylindrical"):
+            raise ValueError(f"finetune.segmentation.grid must be cartesian or cylindrical, not {self.grid!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SegmentationHead:
-        return cls(float(d["lovasz_weight"]), int(d["decoder_channels"]))
+        return cls(float(d["lovasz_weight"]), int(d["decoder_channels"]), str(d.get("grid", "cartesian")),
+                   tuple(int(v) for v in d.get("cylinder", (480, 360, 32))))
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,10 @@ class SegmentationTask:
 
     def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> SegmentationConfig:
         """From the merged ``finetune.segmentation`` section (the keys are the same for both datasets)."""
-        return SegmentationConfig(SegmentationHead(float(sec.get("lovasz_weight", 1.0)),
-                                                     int(sec.get("decoder_channels", 64))),
+        return SegmentationConfig(SegmentationHead.from_dict({"lovasz_weight": sec.get("lovasz_weight", 1.0),
+                                                              "decoder_channels": sec.get("decoder_channels", 64),
+                                                              "grid": sec.get("grid", "cartesian"),
+                                                              "cylinder": sec.get("cylinder", (480, 360, 32))}),
                                     AugmentConfig.from_params(sec.get("augment")))
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
@@ -167,7 +176,8 @@ class SegmentationTask:
               head: SegmentationHead) -> Segmenter:
         names, _ = spec.segmentation_classes(store_attrs["classes"])
         return Segmenter(Student(StudentConfig.from_params(model_params, store_attrs)), len(names),
-                         hidden=head.decoder_channels, lovasz_weight=head.lovasz_weight)
+                         hidden=head.decoder_channels, lovasz_weight=head.lovasz_weight,
+                         cylinder=head.cylinder if head.grid == "cylindrical" else None)
 
     def loss(self, model: nn.Module, batch: SegmentationBatch) -> tuple[Tensor, dict[str, float]]:
         return unwrap(model).loss_from_logits(model(batch), batch.labels)  # forward through a DDP wrapper

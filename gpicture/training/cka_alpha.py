@@ -1,6 +1,7 @@
 """CKA-derived reconstruction weights: alpha_l = mean over fine-tuned models of the linear
 CKA between the pre-trained and the fine-tuned student's layer-l activations on a fixed
-probe batch (the paper's CKA-guided hierarchy)."""
+probe batch (the paper's CKA-guided hierarchy). The fine-tuned students are read out of the
+pipeline's own task models (``models/<task>/<dataset>/model.pt``)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,25 @@ from gpicture.training.engine import load_weights
 
 
 def load_student(path: Path, store_attrs: dict[str, Any]) -> Student:
-    """A student from ``student.pt`` (pre-training) or any checkpoint holding its weights under
-    ``student`` with its ``model_params``."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "student" not in state or "model_params" not in state:
-        raise ValueError(f"{path}: not a gpicture student checkpoint (needs 'student' and 'model_params')")
-    return load_weights(Student(StudentConfig.from_params(state["model_params"], store_attrs)), state["student"], path)
+    """The student of a checkpoint: a pre-trained ``student.pt`` (its ``student`` weights) or a
+    fine-tuned task model (``model.pt`` of ``gpicture finetune``: the ``student.``-prefixed
+    part of its ``state``), each with its ``model_params``. ValueError naming ``path`` for any
+    other file or weights that do not fit."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (pickle and zip errors of every kind)
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(state, dict) or "model_params" not in state:
+        raise ValueError(f"{path}: not a gpicture student or fine-tuned model checkpoint")
+    if "student" in state:
+        weights = state["student"]
+    elif isinstance(state.get("state"), dict) and str(state.get("format", "")).startswith("gpicture-"):
+        weights = {k[len("student."):]: v for k, v in state["state"].items() if k.startswith("student.")}
+        if not weights:
+            raise ValueError(f"{path}: a {state['format']} model without student weights")
+    else:
+        raise ValueError(f"{path}: not a gpicture student or fine-tuned model checkpoint")
+    return load_weights(Student(StudentConfig.from_params(state["model_params"], store_attrs)), weights, path)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,7 @@ from gpicture.training.engine import (
     run_key,
     save_atomic,
 )
+from gpicture.training.finetune import label_subset
 from gpicture.training.pretrain_data import PretrainDataset, collate_pretrain
 
 
@@ -114,22 +116,36 @@ def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: Ma
 
 
 def build_pretrainer(model_params: dict[str, Any], store_attrs: dict[str, Any], alpha: tuple[float, ...],
-                     pred_points: int = 16, decoder_blocks: int = 1) -> GPicturePretrainer:
+                     pred_points: int = 16, decoder_blocks: tuple[int, ...] = (1,)) -> GPicturePretrainer:
     student = Student(StudentConfig.from_params(model_params, store_attrs))
     return GPicturePretrainer(student, ReconstructionConfig(alpha=tuple(alpha), pred_points=pred_points,
-                                                             decoder_blocks=decoder_blocks))
+                                                             decoder_blocks=tuple(decoder_blocks)))
+
+
+def scene_subset(scenes: list[str], fraction: float, seed: int) -> list[int]:
+    """The frames (store indices, in order) of a seeded ``fraction`` of the scenes (segments):
+    round(fraction * scenes), at least one. Whole scenes, as the paper's 20% Waymo split."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"pretrain.frame_fraction must be in (0, 1], got {fraction}")
+    names = sorted(set(scenes))
+    keep = set(np.asarray(names, dtype=object)[label_subset(len(names), fraction, seed)].tolist()) if names else set()
+    return [i for i, s in enumerate(scenes) if s in keep]
 
 
 def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_dir: Path, train: TrainConfig,
                  alpha: tuple[float, ...], mask: MaskConfig, dgpl: DGPLConfig, dist: DistInfo,
-                 true_points: int = 64, pred_points: int = 16, decoder_blocks: int = 1, resume: bool = True,
-                 stop_after_epochs: int | None = None, progress: bool = True,
-                 teacher_targets: bool = True) -> dict[str, float]:
+                 true_points: int = 64, pred_points: int = 16, decoder_blocks: tuple[int, ...] = (1,),
+                 resume: bool = True, stop_after_epochs: int | None = None, progress: bool = True,
+                 teacher_targets: bool = True, frame_fraction: float = 1.0) -> dict[str, float]:
     """Pre-train a student on a store + teacher store; writes ``out_dir/checkpoint.pt`` each
     epoch, dvclive logs, and ``out_dir/student.pt`` (the backbone, for fine-tuning) at the end.
     ``teacher_targets`` False is the ablation without the teacher reconstruction targets
-    (beta = 0 throughout: point targets only; the I2Mask still clusters teacher features)."""
-    dataset = PretrainDataset(store, teacher)
+    (beta = 0 throughout: point targets only; the I2Mask still clusters teacher features).
+    ``frame_fraction`` < 1 pre-trains on the frames of a seeded fraction of the scenes."""
+    frames = None
+    if frame_fraction < 1:
+        frames = scene_subset(VoxelStore.open(store).frame_scenes, frame_fraction, train.seed)
+    dataset = PretrainDataset(store, teacher, frames)
     attrs = dataset.attrs
     torch.manual_seed(train.seed)  # the same initial weights in every run and process
     model = build_pretrainer(model_params, attrs, alpha, pred_points, decoder_blocks)
@@ -141,13 +157,13 @@ def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_d
     hooks = DGPLHooks(dgpl, probe, dist.device)
     step = functools.partial(_step, mask_cfg=mask, seed=train.seed, teacher_targets=teacher_targets)
     key = run_key(model_params=model_params, alpha=list(alpha), mask=asdict(mask), dgpl=asdict(dgpl),
-                  true_points=true_points, pred_points=pred_points, decoder_blocks=decoder_blocks,
-                  teacher_targets=teacher_targets,
+                  true_points=true_points, pred_points=pred_points, decoder_blocks=list(decoder_blocks),
+                  teacher_targets=teacher_targets, frames=frames,
                   store=VoxelStore.open(store).fingerprint, teacher=TeacherStore.open(teacher).settings)
     metrics = fit(model, dataset, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
                   stop_after_epochs=stop_after_epochs, progress=progress, run_key=key)
     if dist.is_main and (stop_after_epochs is None or _finished(out_dir, train.epochs)):
-        save_student(model.student, model_params, attrs, out_dir / "student.pt")
+        save_student(model.student, model_params, attrs, out_dir / "student.pt", alpha=tuple(alpha))
     return metrics
 
 
@@ -156,8 +172,10 @@ def _finished(out_dir: Path, epochs: int) -> bool:
     return int(state["epoch"]) + 1 >= epochs
 
 
-def save_student(student: Student, model_params: dict[str, Any], store_attrs: dict[str, Any], path: Path) -> None:
-    """The pre-trained backbone, with what is needed to rebuild it, written atomically."""
+def save_student(student: Student, model_params: dict[str, Any], store_attrs: dict[str, Any], path: Path,
+                 alpha: tuple[float, ...] | None = None) -> None:
+    """The pre-trained backbone, with what is needed to rebuild it (and the reconstruction
+    weights ``alpha`` it was trained with), written atomically."""
     save_atomic({"format": "gpicture-student", "student": student.state_dict(), "model_params": model_params,
                  "grid": {k: store_attrs[k] for k in ("voxel_size", "point_cloud_range", "grid_shape_zyx")},
-                 "dataset": store_attrs.get("dataset")}, Path(path))
+                 "dataset": store_attrs.get("dataset"), "alpha": None if alpha is None else list(alpha)}, Path(path))

@@ -3,7 +3,7 @@ joined with its teacher store.
 
 Per voxel the batch carries the teacher target (64-d, with a validity flag: voxels
 without teacher points have none) and up to ``max_points`` true points relative to
-the voxel centre, in voxel units (the reconstruction targets).
+the voxel centre, in metres (the reconstruction targets, as the original GPICTURE).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def collate_pretrain(items: list, feature_names: list[str], voxel_size: tuple[fl
     vs = torch.tensor(voxel_size, dtype=torch.float32)
     lo = torch.tensor(point_cloud_range[:3], dtype=torch.float32)
     centre = (pb.voxel_coords[:, [3, 2, 1]].float() + 0.5) * vs + lo
-    rel = (pts - centre[pv]) / vs
+    rel = pts - centre[pv]  # metres, as the original: the point loss keeps the paper's scale against the teacher's
     rank = in_group_index(pv, v)
     take = rank < max_points
     true = torch.zeros(v, max_points, 3)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from gpicture.data.batch import VoxelBatch, move_to
-from gpicture.models.detection.centerpoint import CenterPoint, Detections
+from gpicture.models.detection.centerpoint import CenterPoint, Detections, HeadConfig
 from gpicture.models.detection.targets import BEVGrid
 from gpicture.models.student import Student
 
@@ -31,9 +31,10 @@ class DetectionBatch:
 
 
 class Detector(nn.Module):
-    def __init__(self, student: Student, tasks: list[list[str]], stride: int = 1) -> None:
+    def __init__(self, student: Student, tasks: list[list[str]], stride: int = 1, head: HeadConfig | None = None) -> None:
         """``tasks``: CenterPoint's class groups (one heatmap head each); ``stride``: the head's
-        output cell in BEV cells (1: the voxel grid; 2: half resolution)."""
+        output cell in BEV cells (1: the voxel grid; 2: half resolution); ``head``: the head's
+        shape and post-processing."""
         super().__init__()
         if stride not in (1, 2, 4):
             raise ValueError(f"detection head stride must be 1, 2 or 4, got {stride}")
@@ -45,7 +46,7 @@ class Detector(nn.Module):
             raise ValueError(f"BEV grid {nx} x {ny} is not divisible by the head stride {stride}")
         pcr = cfg.point_cloud_range
         grid = BEVGrid(pcr, ((pcr[3] - pcr[0]) / nx * stride, (pcr[4] - pcr[1]) / ny * stride))
-        self.head = CenterPoint(student.bev_channels, tasks, grid, stride=stride)
+        self.head = CenterPoint(student.bev_channels, tasks, grid, head, stride=stride)
 
     def forward(self, voxels: VoxelBatch):
         """The head's raw outputs per class group."""

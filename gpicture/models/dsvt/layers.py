@@ -23,7 +23,9 @@ class PositionEmbedding(nn.Module):
 
 class SetAttentionLayer(nn.Module):
     """One DSVT encoder layer: multi-head attention inside every set (keys of repeated
-    voxels masked), a residual and LayerNorm, then a feed-forward block (post-norm)."""
+    voxels masked), a residual and LayerNorm, then a feed-forward block (post-norm) — the
+    reference's ``SetAttention`` — wrapped, as the reference's ``DSVT_EncoderLayer``, in an
+    outer residual around the whole and a third LayerNorm."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -31,6 +33,7 @@ class SetAttentionLayer(nn.Module):
         self.pos = PositionEmbedding(3, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
+        self.norm_out = nn.LayerNorm(d_model)  # DSVT_EncoderLayer's norm after its outer residual
         self.ffn = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(dim_feedforward, d_model))
         self.drop = nn.Dropout(dropout)
@@ -43,8 +46,10 @@ class SetAttentionLayer(nn.Module):
         out, _ = self.attn(q, q, xs, key_padding_mask=part.pad_mask, need_weights=False)
         first = part.first
         upd = torch.zeros_like(x).index_copy(0, part.voxel[first], out[first])  # each voxel written once
+        identity = x
         x = self.norm1(x + self.drop(upd))
-        return self.norm2(x + self.drop(self.ffn(x)))
+        x = self.norm2(x + self.drop(self.ffn(x)))
+        return self.norm_out(identity + x)
 
 
 class ZPooling(nn.Module):

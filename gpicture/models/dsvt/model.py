@@ -120,10 +120,12 @@ class DSVTEncoder(nn.Module):
         to_input = torch.arange(len(x), device=x.device)
         acts: list[Tensor] = []
         maps: list[Tensor] = []
+        block = 0  # DSVT's block counter runs across stages: block b uses window configuration b % 2
         for s, layers in enumerate(self.stages):
             parts = self.partitions(c, s, shape)
             for i in range(0, len(layers), 2):
-                px, py, rel = parts[(i // 2) % 2]
+                px, py, rel = parts[block % 2]
+                block += 1
                 x = layers[i](x, px, rel)
                 acts.append(x)
                 maps.append(to_input)

@@ -21,6 +21,7 @@ from gpicture.data.spec import DatasetSpec
 from gpicture.data.store import VoxelStore
 from gpicture.eval.detection import predictions_file, score_detections, write_detections
 from gpicture.eval.predictions import DetectionPrediction, RawSource, Written
+from gpicture.models.detection.centerpoint import HeadConfig
 from gpicture.models.detection.model import DetectionBatch, Detector
 from gpicture.models.student import Student, StudentConfig
 from gpicture.tasks.detection.data import (
@@ -37,10 +38,15 @@ class DetectionHead:
     """The model-shaping settings (saved with the model)."""
 
     head_stride: int = 1  # the CenterPoint head's output cell in BEV cells
+    head: HeadConfig = field(default_factory=HeadConfig)  # trunk, branches, IoU branch, NMS
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectionHead:
-        return cls(int(d["head_stride"]))
+        h = dict(d.get("head") or {})
+        for k in ("iou_rectifier", "nms_thresholds"):
+            if h.get(k) is not None:
+                h[k] = tuple(float(v) for v in h[k])
+        return cls(int(d["head_stride"]), HeadConfig(**h))
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,14 @@ class DetectionTask:
         unknown = set(gt.sample_groups if gt else ()) - set(spec.detection_classes)
         if unknown:
             raise ValueError(f"finetune.detection.gt_sampling.sample_groups.{spec.name}: unknown classes {sorted(unknown)}")
-        return DetectionConfig(AugmentConfig.from_params(sec.get("augment")), gt,
-                                 DetectionHead(int(sec.get("head_stride", 1))))
+        head = DetectionHead.from_dict({"head_stride": sec.get("head_stride", 1), "head": sec.get("head") or {}})
+        n = len(spec.detection_classes)
+        for k in ("iou_rectifier", "nms_thresholds"):
+            v = getattr(head.head, k)
+            if v is not None and len(v) != n:
+                raise ValueError(f"finetune.detection.head.{k}: {len(v)} values for the {n} {spec.name} classes "
+                                 f"({', '.join(spec.detection_classes)})")
+        return DetectionConfig(AugmentConfig.from_params(sec.get("augment")), gt, head)
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         return list(range(len(store)))  # every frame has its boxes (possibly none)
@@ -88,7 +100,8 @@ class DetectionTask:
     def build(self, spec: DatasetSpec, model_params: dict[str, Any], store_attrs: dict[str, Any],
               head: DetectionHead) -> Detector:
         groups = [list(g) for g in spec.detection_groups]
-        return Detector(Student(StudentConfig.from_params(model_params, store_attrs)), groups, head.head_stride)
+        return Detector(Student(StudentConfig.from_params(model_params, store_attrs)), groups, head.head_stride,
+                        head.head)
 
     def loss(self, model: nn.Module, batch: DetectionBatch) -> tuple[Tensor, dict[str, float]]:
         return unwrap(model).loss_from_outputs(model(batch.voxels), batch)  # forward through a DDP wrapper
