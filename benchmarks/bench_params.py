@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from gpicture.data.spec import NUSCENES, WAYMO, DatasetSpec
-from gpicture.models.detection.centerpoint import CenterPoint, HeadConfig
+from gpicture.models.detection.centerpoint import CenterPoint
 from gpicture.models.detection.targets import BEVGrid
 from gpicture.models.pretrain import GPicturePretrainer, ReconstructionConfig
 from gpicture.models.student import Student, StudentConfig
