@@ -7,17 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gpicture.data.convert import ConvertConfig, merge_stores, parse_shard
-from gpicture.data.convert import convert as convert_split
+from gpicture.data.convert import ConvertConfig, convert as convert_split, merge_stores, parse_shard
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.params import ParamsError, load_section
 

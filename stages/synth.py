@@ -7,21 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gpicture.params import ParamsError, load_section
-from gpicture.synth.generate import (
-    SynthConfig,
-    SynthError,
-    generate_nuscenes,
-    generate_waymo,
-)
+from gpicture.synth.generate import SynthConfig, SynthError, generate_nuscenes, generate_waymo
 
 
 class Dataset(str, Enum):
