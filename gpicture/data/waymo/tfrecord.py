@@ -59,7 +59,7 @@ def _record_length(path: Path, index: int, offset: int, header: bytes) -> int:
     return length
 
 
-def _read_data(f, length: int, where: str) -> bytes:
+def _read_data(f, length: int, where: str) -> bytes:  # noqa: ANN001
     """A record's data and footer at the file position, checking the data CRC."""
     data = f.read(length)
     if len(data) < length:

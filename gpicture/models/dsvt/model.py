@@ -45,7 +45,7 @@ class DSVTConfig:
 
     @classmethod
     def from_params(cls, p: dict[str, Any], sparse_shape: tuple[int, int, int]) -> DSVTConfig:
-        tup = lambda v: tuple(tuple(int(a) for a in x) for x in v)
+        tup = lambda v: tuple(tuple(int(a) for a in x) for x in v)  # noqa: E731
         return cls(
             sparse_shape=tuple(int(v) for v in sparse_shape), d_model=int(p["d_model"]), nhead=int(p["nhead"]),
             dim_feedforward=int(p["dim_feedforward"]), set_size=int(p["set_size"]),
