@@ -1,8 +1,9 @@
-"""Realism figures of the synthetic data against the real datasets' (README table).
+"""Realism figures of the synthetic data against the real datasets' (README tables).
 
-Run after `make repro`: .venv/bin/python benchmarks/synth_realism.py [data/raw]
+Run after `make repro`: .venv/bin/python benchmarks/synth_realism.py [data/raw] [../shared/realdata]
 Reads the generated data with the official devkit (nuScenes) and the project's
-TensorFlow-free Waymo decoder, and prints a markdown table.
+TensorFlow-free Waymo decoder, and prints markdown tables; with the real keyframes of
+../shared/realdata beside it, the nuScenes intensity distributions side by side.
 """
 
 from __future__ import annotations
@@ -48,8 +49,34 @@ def waymo_figures(root: Path) -> dict:
     return {"first": np.mean(first), "top": np.mean(top), "second": np.mean(second), "labels": np.mean(labels)}
 
 
+def intensity_tables(synthetic: Path, real: Path) -> None:
+    """Intensity of the synthetic nuScenes keyframes beside the real ones, overall and per class."""
+    from nuscenes.nuscenes import NuScenes
+
+    from gpicture.synth.realism import intensity_by_class
+
+    def load(root: Path):
+        version = next(p.name for p in root.iterdir() if p.name.startswith("v1.0-"))
+        return intensity_by_class(NuScenes(version=version, dataroot=str(root), verbose=False))
+
+    (s_all, s_cls), (r_all, r_cls) = load(synthetic), load(real)
+    print("\n| nuScenes intensity (0..255) | p5 | p25 | median | p75 | p90 | p99 | mean |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, st in (("synthetic", s_all), ("real (11 keyframes)", r_all)):
+        p = st.percentiles
+        print(f"| {name} | {p[5]:.0f} | {p[25]:.0f} | {p[50]:.0f} | {p[75]:.0f} | {p[90]:.0f} | {p[99]:.0f} "
+              f"| {st.mean:.1f} |")
+    print("\n| lidarseg class | real points | real median / p90 | synthetic median / p90 |")
+    print("|---|---|---|---|")
+    for name, st in sorted(r_cls.items(), key=lambda kv: -kv[1].points):
+        syn = s_cls.get(name)
+        cell = f"{syn.median:.0f} / {syn.percentiles[90]:.0f}" if syn else "(none)"
+        print(f"| {name} | {st.points:,} | {st.median:.0f} / {st.percentiles[90]:.0f} | {cell} |")
+
+
 def main() -> None:
     raw = Path(sys.argv[1] if len(sys.argv) > 1 else "data/raw")
+    real = Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/realdata") / "nuscenes_real"
     n = nuscenes_figures(raw / "nuscenes")
     w = waymo_figures(raw / "waymo")
     print("| figure | synthetic | real dataset |")
@@ -71,6 +98,8 @@ def main() -> None:
     print("|---|---|")
     for k, v in n["seg"].items():
         print(f"| {k} | {100 * v:.1f} % |")
+    if real.is_dir():
+        intensity_tables(raw / "nuscenes", real)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,16 @@ def convert(
                                         "(mini_train, val, training, validation, ...)."),
     out: Path = typer.Option(..., help="Store to write (<dataset>/<split>.zarr)."),
     root: Path | None = typer.Option(None, help="Raw data root (params: convert.<dataset>.root)."),
+    version: str | None = typer.Option(None, help="nuScenes version folder under the root, e.g. v1.0-trainval "
+                                                  "(params: convert.nuscenes.version)."),
     sweeps: int | None = typer.Option(None, help="nuScenes LIDAR_TOP sweeps per frame, keyframe included."),
     workers: int | None = typer.Option(None, help="Parallel reader processes (params: convert.workers)."),
     shard: str = typer.Option("0/1", help="Convert only block i of n (i/n); join the shards with `gpicture merge`."),
+    skip_empty_frames: bool | None = typer.Option(
+        None, "--skip-empty-frames/--no-skip-empty-frames",
+        help="Skip frames without LiDAR returns (stripped or camera-only records), counted in the log and the store "
+             "attrs, instead of stopping (params: convert.skip_empty_frames). A store left with no frame is refused "
+             "by every later stage."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
@@ -48,15 +55,22 @@ def convert(
         profile = str(load_section(params, "model").get("profile", "small"))
         sec = {**load_section(params, "convert", dataset.value),
                **((top.get("profiles") or {}).get(profile, {}).get(dataset.value) or {})}
+        params_version = str(sec.get("version", "v1.0-mini"))
+        version = version or params_version
+        # The params' pipeline split names (train, val -> mini_train, mini_val) belong to the params'
+        # version; another version (--version v1.0-trainval) takes the devkit's own names as they are.
+        names = sec.get("splits", {}) if version == params_version else {}
         cfg = ConvertConfig(
             dataset=dataset.value,
             root=root if root is not None else Path(sec["root"]),
-            split=str(sec.get("splits", {}).get(split, split)),
+            split=str(names.get(split, split)),
             grid=VoxelGrid(tuple(sec["point_cloud_range"]), tuple(sec["voxel_size"])),
             sweeps=sweeps if sweeps is not None else int(sec.get("sweeps", 1)),
-            version=str(sec.get("version", "v1.0-mini")),
+            version=version,
             workers=workers if workers is not None else int(top.get("workers", 1)),
             shard=parse_shard(shard),
+            skip_empty_frames=(skip_empty_frames if skip_empty_frames is not None
+                               else bool(top.get("skip_empty_frames", False))),
         )
     except (ParamsError, ValueError, KeyError) as exc:
         _fail(err, exc)
@@ -64,7 +78,8 @@ def convert(
         task = bar.add_task("frames", total=None)
         try:
             summary = convert_split(cfg, out, force=force,
-                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                    log=lambda note: err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True))
         except (OSError, ValueError) as exc:  # missing files, corrupt records, bad frames, existing output
             _fail(err, exc)
     Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()), soft_wrap=True)

@@ -355,7 +355,8 @@ def test_finetune_then_predict_then_score_end_to_end(world, tmp_path) -> None:
     meta = json.loads((folder / META).read_text())
     assert meta["grid"] == _settings("nuscenes").head.grid.to_dict()
     m = score_predictions("nuscenes", folder, val, reports)
-    assert set(m) == {"mIoU", "IoU", "per_class_IoU"}
+    assert set(m) == {"mIoU", "IoU", "per_class_IoU", "frames", "truth"}
+    assert m["truth"] == "occupancy rows" and m["frames"] == len(VoxelStore.open(val))
     assert 0.0 <= m["IoU"] <= 1.0 and 0.0 <= m["mIoU"] <= 1.0
     # a model of one dataset is refused on a store of the other
     with pytest.raises(ValueError, match="nuscenes model"):

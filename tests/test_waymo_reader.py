@@ -16,7 +16,7 @@ import pytest
 from waymo_open_dataset import dataset_pb2, label_pb2
 from waymo_segmentation import decode_segmentation
 
-from gpicture.data.frame import RawFrame
+from gpicture.data.frame import EmptyFrameError, RawFrame
 from gpicture.data.waymo.frame import decode_range_image
 from gpicture.data.waymo.matrix_codec import decode_matrix_float, encode_matrix_float
 from gpicture.data.waymo.reader import frame_refs, read_frame, segment_files
@@ -305,5 +305,7 @@ def test_frame_without_points_names_the_file(tmp_path: Path, reference_proto) ->
             image[..., 0] = -1.0
             ri.range_image_compressed = encode_matrix_float(image, 1)
     path = _write_frame(tmp_path / "segment-empty.tfrecord", frame)
-    with pytest.raises(ValueError, match=re.escape(f"{path}: record 0: frame has no points")):
+    with pytest.raises(EmptyFrameError, match=re.escape(f"{path}: record 0 (frame ")) as info:
         read_frame(path, 0)
+    assert "no LiDAR returns in this frame: a stripped or camera-only file?" in str(info.value)
+    assert "10 range images, no return in any" in str(info.value)

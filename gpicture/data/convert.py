@@ -8,15 +8,18 @@ over machines and the shards joined with :func:`merge_stores`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpicture.data.frame import RawFrame
+from gpicture.data.frame import EmptyFrameError, RawFrame
 from gpicture.data.schema import FIELDS
 from gpicture.data.spec import DATASETS, NUSCENES, WAYMO, dataset_spec
 from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore
@@ -35,6 +38,7 @@ class ConvertConfig:
     version: str = "v1.0-mini"  # nuScenes
     workers: int = 1
     shard: tuple[int, int] = (0, 1)  # (index, count)
+    skip_empty_frames: bool = False  # skip (and count) frames without LiDAR returns instead of stopping
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -64,7 +68,8 @@ def encode_frame(frame: RawFrame, grid: VoxelGrid) -> EncodedFrame:
     """Voxelize a reader's frame on the canonical grid."""
     coords, point_voxel = grid.voxelize(frame.points)
     return EncodedFrame(**_fields(frame, derived=False), voxel_coords=coords, point_voxel=point_voxel,
-                        dropped_nonfinite=int(frame.extra.get("dropped_nonfinite", 0)))
+                        dropped_nonfinite=int(frame.extra.get("dropped_nonfinite", 0)),
+                        sweeps_read=int(frame.extra.get("sweeps_read", 1)))
 
 
 def _fields(frame: Any, derived: bool = True) -> dict[str, Any]:
@@ -99,6 +104,23 @@ def _load_waymo(args: tuple[str, int, VoxelGrid]) -> EncodedFrame:
     return encode_frame(read_frame(Path(path), index), grid)
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A source frame skipped by ``skip_empty_frames`` (what the reader said about it)."""
+
+    reason: str
+
+
+def _load_or_skip(loader: Callable[[Any], EncodedFrame], skip_empty: bool, ref: Any) -> EncodedFrame | Skipped:
+    """``loader(ref)``; with ``skip_empty``, an ``EmptyFrameError`` becomes a ``Skipped``."""
+    try:
+        return loader(ref)
+    except EmptyFrameError as exc:
+        if not skip_empty:
+            raise
+        return Skipped(str(exc))
+
+
 def _file_digest(path: Path, h: Any, head: int = 1 << 20) -> None:
     size = path.stat().st_size
     h.update(f"{path.name}:{size}".encode())
@@ -124,7 +146,9 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         for table in sorted((cfg.root / cfg.version).glob("*.json")):
             _file_digest(table, h, head=1 << 30)
         refs = [(t, cfg.sweeps, cfg.grid) for t in tokens]
-        attrs = {"classes": list(spec.raw_classes), "version": cfg.version, "sweeps": cfg.sweeps}
+        attrs = {"classes": list(spec.raw_classes), "version": cfg.version, "sweeps": cfg.sweeps,
+                 "sweeps_between_keyframes": any(not sd["is_key_frame"] for sd in nusc.sample_data
+                                                 if sd["channel"] == "LIDAR_TOP")}
         init, init_args = _init_nuscenes_worker, (str(cfg.root), cfg.version)
         _WORKER["nusc"] = nusc  # the serial path uses the same object
         loader = _load_nuscenes
@@ -155,7 +179,8 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
     return refs[lo:hi], loader, init, init_args, attrs
 
 
-def _iter_frames(refs: list, loader: Callable, init: Callable | None, init_args: tuple, workers: int) -> Iterator:
+def _iter_frames(refs: list, loader: Callable, init: Callable | None, init_args: tuple,
+                 workers: int) -> Iterator[EncodedFrame | Skipped]:
     if workers <= 1 or len(refs) <= 1:
         yield from map(loader, refs)
         return
@@ -163,31 +188,69 @@ def _iter_frames(refs: list, loader: Callable, init: Callable | None, init_args:
         yield from pool.map(loader, refs, chunksize=max(1, min(8, len(refs) // (4 * workers))))
 
 
+def _sweeps_note(cfg: ConvertConfig, got: list[int], between_keyframes: bool) -> str:
+    """What the multi-sweep accumulation really read (one log line)."""
+    counts = ", ".join(f"{n} sweep{'s' if n > 1 else ''}: {k} frame{'s' if k > 1 else ''}"
+                       for n, k in sorted(Counter(got).items()))
+    note = f"{cfg.root}: asked {cfg.sweeps} LIDAR_TOP sweeps per frame; got {counts}"
+    if not between_keyframes:
+        note += (" (this dataset has no sweeps between keyframes: as from_file_multisweep does, the previous "
+                 "sweeps read are the earlier keyframes along `prev`, 0.5 s apart)")
+    elif min(got) < cfg.sweeps:
+        note += " (fewer near the start of a scene, as from_file_multisweep)"
+    return note
+
+
 def convert(cfg: ConvertConfig, out: Path, force: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Convert a raw split (or one shard of it) into a voxel store at ``out``."""
+            progress: Callable[[int, int], None] | None = None,
+            log: Callable[[str], None] = logging.getLogger(__name__).warning) -> dict[str, Any]:
+    """Convert a raw split (or one shard of it) into a voxel store at ``out``.
+
+    ``log`` receives the notes a user must see: frames skipped by ``skip_empty_frames``
+    (also counted in the store attrs ``skipped_frames``), and with ``sweeps > 1`` how many
+    sweeps each frame really got (attrs ``sweeps_read``).
+    """
     cfg.validate()
     refs, loader, init, init_args, attrs = _plan(cfg)
     if not refs:
         raise StoreError(f"{cfg.root}: split {cfg.split!r} has no frames (shard {cfg.shard[0]}/{cfg.shard[1]})")
+    load = functools.partial(_load_or_skip, loader, cfg.skip_empty_frames)
+    skipped: list[str] = []
+    sweeps_read: list[int] = []
     with StoreWriter(out, attrs, attrs["feature_names"], attrs["box_classes"], force=force) as w:
-        for k, frame in enumerate(_iter_frames(refs, loader, init, init_args, cfg.workers)):
-            w.append(frame)
+        for k, frame in enumerate(_iter_frames(refs, load, init, init_args, cfg.workers)):
+            if isinstance(frame, Skipped):
+                skipped.append(frame.reason)
+                log(f"skipped: {frame.reason}")
+            else:
+                w.append(frame)
+                sweeps_read.append(frame.sweeps_read)
             if progress:
                 progress(k + 1, len(refs))
-        w.commit()
+        w.attrs["skipped_frames"] = len(skipped)
+        if skipped:
+            w.attrs["skipped_reason"] = "no LiDAR returns (convert --skip-empty-frames)"
+            log(f"{cfg.root}: skipped {len(skipped)} of {len(refs)} frames without LiDAR returns"
+                + ("; the store holds no frames and every later stage will refuse it" if not sweeps_read else ""))
+        if sweeps_read:
+            w.attrs["sweeps_read"] = {"min": min(sweeps_read), "max": max(sweeps_read),
+                                      "mean": sum(sweeps_read) / len(sweeps_read)}
+            if cfg.sweeps > 1:
+                log(_sweeps_note(cfg, sweeps_read, bool(attrs.get("sweeps_between_keyframes", True))))
+        w.commit(allow_empty=bool(skipped))
     if w.dropped_nonfinite:
         warnings.warn(f"{cfg.root}: dropped {w.dropped_nonfinite} points with non-finite coordinates",
                       RuntimeWarning, stacklevel=2)
-    written = VoxelStore.open(out).attrs
+    written = VoxelStore.open(out, allow_empty=True).attrs
     return {"frames": written["n_frames"], "points": written["n_points"], "voxels": written["n_voxels"],
-            "boxes": written["n_boxes"], "dropped_nonfinite_points": w.dropped_nonfinite}
+            "boxes": written["n_boxes"], "skipped_frames": len(skipped),
+            "dropped_nonfinite_points": w.dropped_nonfinite}
 
 
 def merge_stores(shards: list[Path], out: Path, force: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Join shard stores of one split (``convert --shard i/n``) into one store, in shard order."""
-    stores = [VoxelStore.open(p) for p in shards]
+    stores = [VoxelStore.open(p, allow_empty=True) for p in shards]
     if not stores:
         raise StoreError("merge: no shard stores given")
     keys = ("dataset", "split", "point_cloud_range", "voxel_size", "source_fingerprint", "feature_names",
@@ -205,6 +268,12 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False,
     attrs = {k: v for k, v in ref.items() if k not in ("complete", "shard")}
     attrs["shard"] = [0, 1, 0, ref["frames_in_source"]]
     total = sum(len(s) for s in stores)
+    attrs["skipped_frames"] = skipped = sum(int(s.attrs.get("skipped_frames", 0)) for s in stores)
+    attrs.update({k: s.attrs[k] for s in stores for k in ("skipped_reason",) if k in s.attrs})
+    read = [(len(s), s.attrs["sweeps_read"]) for s in stores if len(s) and "sweeps_read" in s.attrs]
+    if read:
+        attrs["sweeps_read"] = {"min": min(r["min"] for _, r in read), "max": max(r["max"] for _, r in read),
+                                "mean": sum(n * r["mean"] for n, r in read) / sum(n for n, _ in read)}
     done = 0
     with StoreWriter(out, attrs, list(ref["feature_names"]), list(ref["box_classes"]), force=force) as w:
         for s in stores:
@@ -213,5 +282,5 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False,
                 done += 1
                 if progress:
                     progress(done, total)
-        w.commit()
+        w.commit(allow_empty=skipped > 0)
     return {"frames": total, "shards": len(stores)}

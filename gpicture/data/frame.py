@@ -16,6 +16,12 @@ from dataclasses import field
 from gpicture.data.schema import BOX, FIELDS, POINT, frame_type
 
 
+class EmptyFrameError(ValueError):
+    """A source frame with no LiDAR point at all (a stripped or camera-only record, an empty
+    keyframe file). ``gpicture convert --skip-empty-frames`` skips such frames and counts them;
+    without it the conversion stops with this error, naming the file and the frame."""
+
+
 def _validate(self: RawFrame, source: str) -> None:
     """Raise ValueError naming `source` if the frame is malformed."""
     n = len(self.points)

@@ -29,7 +29,7 @@ from nuscenes.utils.geometry_utils import transform_matrix
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
-from gpicture.data.frame import RawFrame
+from gpicture.data.frame import EmptyFrameError, RawFrame
 from gpicture.data.spec import UNLABELLED
 from gpicture.geometry import quat_mul
 
@@ -235,7 +235,7 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
     paths = [root / sd["filename"] for sd in chain]
     counts = [_bin_points(p) for p in paths]
     if counts[0] == 0:
-        raise ValueError(f"{paths[0]}: empty keyframe point cloud (0 points)")
+        raise EmptyFrameError(f"{paths[0]}: empty keyframe point cloud (0 points) of sample {sample_token}")
 
     # One sweep at a time (its buffers stay in cache), into outputs sized for every point.
     total, biggest = sum(counts), max(counts)

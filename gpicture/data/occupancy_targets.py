@@ -11,10 +11,11 @@ skipped by the loss and the metrics.
   result is deterministic); one whose fine voxels are all "noise" (label 0) is OCCUPANCY_IGNORE; one
   without occupied fine voxels is empty. The majority vote keeps thin classes (poles, cones) from
   vanishing the way a "max label" or "any object wins" rule would bias them in.
-- Waymo (no occupancy files): the voxels of the grid that contain labelled points (seg labels
+- Waymo (no occupancy files), and a nuScenes store without occupancy rows (no nuScenes-Occupancy
+  folder beside the raw data; its lidarseg labels mapped to the 16 evaluation classes): the voxels of the grid that contain labelled points (seg labels
   1..22) take their points' majority label; voxels whose points are all UNDEFINED (0) are
   OCCUPANCY_IGNORE; points without labels (255) are dropped. Only frames with segmentation labels have
-  ground truth (every 5th frame in the real data).
+  ground truth (Waymo: every 5th frame in the real data; nuScenes: the keyframe points, not the sweeps).
 
 Everything is vectorized with ``np.unique`` / ``np.lexsort`` over rows: no Python loop over
 points or voxels.
@@ -22,6 +23,7 @@ points or voxels.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,10 +168,36 @@ def dense_to_rows(labels: np.ndarray) -> np.ndarray:
     return np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]]).astype(np.int16)
 
 
+def store_truth(spec: DatasetSpec, attrs: dict[str, Any]) -> OccupancyTruth:
+    """Where a store's occupancy ground truth comes from: the dataset's occupancy rows where the
+    store holds them (nuScenes converted with a nuScenes-Occupancy folder), else its labelled
+    points (Waymo; a nuScenes split without that folder, such as real data with lidarseg only)."""
+    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS and attrs.get("has_occupancy"):
+        return OccupancyTruth.OCCUPANCY_ROWS
+    return OccupancyTruth.POINT_LABELS
+
+
+def frame_truth(frame: StoreFrame, spec: DatasetSpec) -> OccupancyTruth:
+    """:func:`store_truth` of the store ``frame`` was read from (without reading its rows)."""
+    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS and frame.occupancy_reader is not None:
+        return OccupancyTruth.OCCUPANCY_ROWS
+    return OccupancyTruth.POINT_LABELS
+
+
+@functools.lru_cache(maxsize=None)
+def _point_label_lut(spec: DatasetSpec) -> np.ndarray:
+    """Stored point label -> occupancy label (1..K, 0 undefined), UNLABELLED kept: nuScenes' raw
+    lidarseg classes go to the 16 evaluation classes (noise -> 0), Waymo's stay as they are."""
+    _, lut = spec.segmentation_eval_classes(list(spec.raw_classes))
+    lut = lut.copy()
+    lut[UNLABELLED] = UNLABELLED
+    return lut
+
+
 def frame_ground_truth(frame: StoreFrame, spec: DatasetSpec, grid: OccupancyGridSpec) -> np.ndarray | None:
-    """Ground-truth rows of a store frame on ``grid``; None where it has none (no occupancy rows
-    for nuScenes, no segmentation labels for Waymo)."""
-    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:
+    """Ground-truth rows of a store frame on ``grid`` (from the source :func:`frame_truth` names);
+    None where it has none (no occupancy rows, or no labelled point)."""
+    if frame_truth(frame, spec) is OccupancyTruth.OCCUPANCY_ROWS:
         occ = frame.occupancy
         if occ is None or len(occ) == 0:
             return None
@@ -177,7 +205,7 @@ def frame_ground_truth(frame: StoreFrame, spec: DatasetSpec, grid: OccupancyGrid
     seg = frame.seg_labels
     if seg is None or not (seg != UNLABELLED).any():
         return None
-    return point_rows(frame.points, seg, grid)
+    return point_rows(frame.points, _point_label_lut(spec)[seg], grid)
 
 
 def frames_with_ground_truth(store: VoxelStore) -> list[int]:
@@ -188,8 +216,8 @@ def frames_with_ground_truth(store: VoxelStore) -> list[int]:
     """
     # The store exposes no per-frame "has labels" query yet: its CSR pointers and label reader are used.
     ptr = store._ptr
-    if dataset_spec(store.attrs["dataset"]).occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:
-        if not store.attrs.get("has_occupancy") or store._occ is None:
+    if store_truth(dataset_spec(store.attrs["dataset"]), store.attrs) is OccupancyTruth.OCCUPANCY_ROWS:
+        if store._occ is None:
             return []
         return np.flatnonzero(np.diff(ptr["occ"]) > 0).tolist()
     if store._seg is None:

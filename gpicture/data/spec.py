@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from gpicture.data.taxonomy import (
-    LIDARSEG16,
     NUSCENES_CATEGORIES,
     WAYMO_BOX_TYPES,
     WAYMO_SEG_CLASSES,
@@ -134,13 +133,10 @@ class DatasetSpec:
         return k
 
     def occupancy_classes(self, store_classes: list[str]) -> list[str]:
-        """Names of occupancy labels 1..K: nuScenes' 16 lidarseg evaluation classes (devkit
-        names), or the Waymo segmentation classes of the store (UNDEFINED excluded)."""
-        match self.occupancy_truth:
-            case OccupancyTruth.OCCUPANCY_ROWS:
-                return list(LIDARSEG16[1:])
-            case OccupancyTruth.POINT_LABELS:
-                return list(store_classes[1:])
+        """Names of occupancy labels 1..K: the segmentation evaluation classes (nuScenes' 16
+        lidarseg classes, devkit names, whether the truth is nuScenes-Occupancy rows or the
+        labelled points; the Waymo segmentation classes of the store, UNDEFINED excluded)."""
+        return self.segmentation_eval_classes(store_classes)[0][1:]
 
 
 def nuscenes_class_mapper(raw_classes: list[str]) -> Any:

@@ -80,7 +80,7 @@ EncodedFrame = frame_type(
     "EncodedFrame",
     "A frame ready to append: a reader's RawFrame plus its voxelization.",
     FIELDS,
-    after=[("dropped_nonfinite", "int", field(default=0))],
+    after=[("dropped_nonfinite", "int", field(default=0)), ("sweeps_read", "int", field(default=1))],
     module=__name__,
 )
 
@@ -136,8 +136,12 @@ class VoxelStore:
         return read
 
     @classmethod
-    def open(cls, path: str | Path) -> VoxelStore:
-        """Open a complete store read-only (StoreError naming the path otherwise)."""
+    def open(cls, path: str | Path, allow_empty: bool = False) -> VoxelStore:
+        """Open a complete store read-only (StoreError naming the path otherwise).
+
+        A store of no frame (every source frame skipped at convert) is refused with a message
+        saying why, so that no stage caches, trains or evaluates on nothing; only the
+        converter's own checks pass ``allow_empty``."""
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not a voxel store (no zarr.json)")
@@ -149,6 +153,11 @@ class VoxelStore:
             raise StoreError(f"{path}: schema version {attrs.get('schema_version')}, this code reads {SCHEMA_VERSION}")
         if not attrs.get("complete"):
             raise StoreError(f"{path}: incomplete store (an interrupted write); convert again")
+        if not allow_empty and attrs.get("n_frames") == 0:
+            skipped = attrs.get("skipped_frames", 0)
+            raise StoreError(f"{path}: the store holds no frames ({skipped} of {attrs.get('frames_in_source', '?')} "
+                             f"source frames were skipped at convert: {attrs.get('skipped_reason', 'no reason recorded')})"
+                             "; nothing to cache, train or evaluate on")
         return cls(path, group)
 
     def __len__(self) -> int:
@@ -335,12 +344,15 @@ class StoreWriter:
                         raise StoreError(f"feature {name!r} has values that do not fit {dtype} exactly")
                     self._a[f"{f.array}/{name}"].append(stored)
 
-    def commit(self) -> Path:
-        """Write the frame table and attributes, mark the store complete, move it into place."""
+    def commit(self, allow_empty: bool = False) -> Path:
+        """Write the frame table and attributes, mark the store complete, move it into place.
+
+        A store of no frame is refused unless ``allow_empty`` (every source frame was skipped
+        by policy: the attrs say so, and :meth:`VoxelStore.open` refuses it to every consumer)."""
         self._flush()
         g = self._g
         n = len(self._meta["frame_id"])
-        if n == 0:
+        if n == 0 and not allow_empty:
             raise StoreError(f"{self.out}: no frames to write")
 
         def small(name: str, data: np.ndarray) -> None:

@@ -50,8 +50,9 @@ def score_detections(spec: DatasetSpec, predictions: Path, store: Path, work_dir
                      source: RawSource | None = None) -> dict[str, Any]:
     """Metrics of a predictions file on the split of ``store`` (NaN written as null).
 
-    nuScenes: ``{mAP, NDS, per_class_AP, tp_errors}`` from ``DetectionEval`` on the raw
-    dataset ``source`` (its own summary files go to ``work_dir``); Waymo: ``{mAP_L1, mAPH_L1,
+    nuScenes: ``{mAP, NDS, per_class_AP, tp_errors, scenes, scenes_missing}`` from
+    ``DetectionEval`` on the raw dataset ``source`` (its own summary files go to ``work_dir``;
+    ``scenes``: the split's scenes present, the ones evaluated); Waymo: ``{mAP_L1, mAPH_L1,
     mAP_L2, mAPH_L2}`` and per-class AP/APH at both levels, against the store's boxes.
     """
     predictions = Path(predictions)
@@ -62,7 +63,7 @@ def score_detections(spec: DatasetSpec, predictions: Path, store: Path, work_dir
             if source is None:
                 raise ValueError("nuScenes scoring needs the raw dataset (root, version, eval set)")
             m = evaluate_submission(source.root, source.version, source.eval_set, predictions, work_dir)
-            return finite({k: m[k] for k in ("mAP", "NDS", "per_class_AP", "tp_errors")})
+            return finite({k: m[k] for k in ("mAP", "NDS", "per_class_AP", "tp_errors", "scenes", "scenes_missing")})
         case DetectionFormat.WAYMO_OBJECTS:
             gt = store_ground_truth(VoxelStore.open(store))
             return finite(evaluate(gt, read_objects(predictions, frame_ids=list(gt))))

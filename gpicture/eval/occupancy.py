@@ -33,6 +33,7 @@ from gpicture.data.occupancy_targets import (
     dense_to_rows,
     frame_ground_truth,
     frames_with_ground_truth,
+    store_truth,
 )
 from gpicture.data.spec import OCCUPANCY_IGNORE, DatasetSpec, OccupancyTruth
 from gpicture.data.store import VoxelStore
@@ -221,7 +222,8 @@ def score_occupancy(spec: DatasetSpec, predictions: Path, store: Path, report_di
     """Score a predictions folder against the ground truth of ``store`` on the grid of its
     ``meta.json`` (``grid`` given: it must be that one). The folder must hold exactly the frames
     of the store that have ground truth. Writes ``report_dir/occupancy_confusion.json`` and
-    returns strict-JSON ``{mIoU, IoU, per_class_IoU}`` (null where undefined). ``source`` is
+    returns strict-JSON ``{mIoU, IoU, per_class_IoU, frames, truth}`` (null where undefined;
+    ``truth``: where the ground truth came from, :func:`store_truth`). ``source`` is
     accepted for symmetry with the other tasks; the ground truth comes from the store."""
     del source
     folder = Path(predictions)
@@ -251,7 +253,8 @@ def score_occupancy(spec: DatasetSpec, predictions: Path, store: Path, report_di
         pred = read_rows(path, have, len(names))
         gt = frame_ground_truth(src[i], spec, have)
         conf += frame_confusion(gt.astype(np.int64), pred, shape, len(names))
-    metrics = metrics_from_confusion(conf, names)
+    metrics = {**metrics_from_confusion(conf, names), "frames": len(wanted),
+               "truth": store_truth(spec, src.attrs).value}
     write_file_atomic(Path(report_dir) / "occupancy_confusion.json",
                       json.dumps({"classes": ["empty", *names], "grid": have.to_dict(), "frames": len(wanted),
                                   "confusion": conf.tolist()}))

@@ -59,6 +59,14 @@ class RawSource:
     version: str
     eval_set: str  # the devkit's split name, e.g. mini_val
 
+    @classmethod
+    def of_store(cls, attrs: dict, root: Path | None = None) -> RawSource:
+        """The raw split a store was converted from (its attrs ``source_root``, ``version``,
+        ``split``); ``root`` overrides where that data lies now (the store records the path
+        as given to ``convert``, relative to the working folder it ran in)."""
+        return cls(Path(root if root is not None else attrs["source_root"]), str(attrs.get("version", "")),
+                   str(attrs["split"]))
+
 
 @dataclass(frozen=True)
 class Written:

@@ -32,6 +32,7 @@ from scipy.spatial import cKDTree
 
 from gpicture.atomic import move_into_place, temp_sibling, write_file_atomic
 from gpicture.data.nuscenes_reader import POINT_DIMS, _keep_mask, open_nuscenes
+from gpicture.eval.nuscenes_scenes import lidarseg_on_present_scenes, sample_tokens, split_scenes
 from gpicture.data.spec import DatasetSpec, SegmentationFormat
 from gpicture.data.store import VoxelStore
 from gpicture.eval.predictions import RawSource, SegmentationPrediction, finite
@@ -87,8 +88,7 @@ def confusion_miou(gt: np.ndarray, pred: np.ndarray, num_classes: int,
 def _raw_source(store: VoxelStore, source: RawSource | None) -> RawSource:
     if source is not None:
         return source
-    a = store.attrs
-    return RawSource(Path(a["source_root"]), str(a["version"]), str(a["split"]))
+    return RawSource.of_store(store.attrs)
 
 
 def _lidar_files(nusc: Any, sample_token: str) -> tuple[str, Path, Path | None]:
@@ -225,14 +225,13 @@ def score_segmentation(spec: DatasetSpec, predictions: Path, store: Path, report
             from nuscenes.eval.lidarseg.evaluate import (
                 LidarSegEval,  # the devkit's heavy modules only when used
             )
-            from nuscenes.eval.lidarseg.utils import get_samples_in_eval_set
-
             source = _raw_source(src, source)
             nusc = open_nuscenes(source.root, source.version)
-            samples = get_samples_in_eval_set(nusc, source.eval_set)
+            scenes = split_scenes(nusc, source.eval_set)
+            samples = sample_tokens(nusc, scenes)
             if sorted(samples) != sorted(src.frame_ids):
                 raise ValueError(f"{store}: its {len(src)} frames are not the {len(samples)} samples of the nuScenes "
-                                 f"split {source.eval_set!r}")
+                                 f"split {scenes.describe()}")
             bins = predictions / "lidarseg" / source.eval_set
             if not bins.is_dir():
                 raise ValueError(f"{bins}: missing lidarseg predictions folder (lidarseg/<eval_set>/)")
@@ -253,13 +252,14 @@ def score_segmentation(spec: DatasetSpec, predictions: Path, store: Path, report
                     cm += confusion(lut[np.fromfile(label_file, dtype=np.uint8)[~keep]], pred[~keep], c, 0)
             _check_no_extra(bins, expected)
             ours, _ = iou_from_confusion(cm, 0)
-            res = LidarSegEval(nusc, str(predictions), source.eval_set).evaluate()
+            with lidarseg_on_present_scenes(nusc, scenes):  # a split the dataset holds only part of
+                res = LidarSegEval(nusc, str(predictions), source.eval_set).evaluate()
             miou = float(res["miou"])
             # the devkit divides by float32 unions: exact below 2**24 points per class, 1e-7 relative above
             if not (np.isclose(miou, ours, rtol=0, atol=1e-6) or (np.isnan(miou) and np.isnan(ours))):
                 raise RuntimeError(f"{predictions}: the devkit's mIoU {miou} differs from the store's {ours}")
             per_class = {n: float(res["iou_per_class"][n]) for n in names[1:]}
-            extra["mIoU_store"] = ours
+            extra.update({"mIoU_store": ours, "scenes": list(scenes.present), "scenes_missing": scenes.missing})
         case SegmentationFormat.WAYMO_BINS:
             cm = np.zeros((c, c), dtype=np.int64)
             expected = set()

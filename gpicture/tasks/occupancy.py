@@ -11,6 +11,7 @@ scored by :mod:`gpicture.eval.occupancy`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from gpicture.data.occupancy_targets import (
     dense_target,
     frame_ground_truth,
     frames_with_ground_truth,
+    store_truth,
 )
 from gpicture.data.spec import DatasetSpec, dataset_spec
 from gpicture.data.store import VoxelStore
@@ -156,9 +158,14 @@ class OccupancyTask:
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         labelled = frames_with_ground_truth(store)
+        truth = store_truth(spec, store.attrs)
         if not labelled:
-            raise ValueError(f"{store.path}: no frame has {spec.occupancy_truth.value}, so there is no occupancy "
+            raise ValueError(f"{store.path}: no frame has {truth.value}, so there is no occupancy "
                              "ground truth to train on")
+        if truth is not spec.occupancy_truth:
+            warnings.warn(f"{store.path}: the store holds no {spec.occupancy_truth.value} (no nuScenes-Occupancy "
+                          f"folder beside its raw data): occupancy ground truth is built from its {truth.value}, "
+                          "as for Waymo", UserWarning, stacklevel=2)
         return labelled
 
     def dataset(self, store: Path, spec: DatasetSpec, feature_names: list[str], frames: list[int],

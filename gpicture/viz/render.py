@@ -34,6 +34,7 @@ from gpicture.data.occupancy_targets import (
     OPENOCCUPANCY_GRID,
     OccupancyGridSpec,
     frame_ground_truth,
+    frame_truth,
 )
 from gpicture.data.spec import (
     UNLABELLED,
@@ -145,7 +146,7 @@ class Sources:
 
 
 def _has_occupancy(frame: StoreFrame, spec: DatasetSpec) -> bool:
-    if spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:
+    if frame_truth(frame, spec) is OccupancyTruth.OCCUPANCY_ROWS:
         occ = frame.occupancy
         return occ is not None and len(occ) > 0
     return frame.seg_labels is not None and bool((frame.seg_labels != UNLABELLED).any())
@@ -182,7 +183,7 @@ def _occupancy_inputs(src: Sources, frame: StoreFrame, cfg: ShowConfig
         pred = inputs.frame_occupancy(src.occupancy_predictions, src.store, frame.index, len(names))
         truth = frame_ground_truth(frame, src.spec, pred.grid)
         return truth, pred.grid, pred.rows, names
-    if src.spec.occupancy_truth is OccupancyTruth.OCCUPANCY_ROWS:  # the finest truth there is: the 0.2 m rows
+    if frame_truth(frame, src.spec) is OccupancyTruth.OCCUPANCY_ROWS:  # the finest truth there is: the 0.2 m rows
         return np.asarray(frame.occupancy, np.int64), OPENOCCUPANCY_GRID, None, names
     grid = cfg.occupancy_grid
     if grid is None:

@@ -27,7 +27,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from waymo_open_dataset import dataset_pb2, label_pb2
 
-from gpicture.data.frame import RawFrame
+from gpicture.data.frame import EmptyFrameError, RawFrame
 from gpicture.data.spec import UNLABELLED, WAYMO
 from gpicture.data.waymo.frame import frame_pose
 from gpicture.data.waymo.matrix_codec import decode_matrix_float, decode_matrix_int32
@@ -42,7 +42,8 @@ def segment_files(root: Path, split: str) -> list[Path]:
     """The ``segment-*.tfrecord`` files of a split, sorted by name.
 
     Args:
-        root: the dataset folder holding ``training/``, ``validation/``, ``testing/``.
+        root: the dataset folder holding ``training/``, ``validation/``, ``testing/``; or
+            one ``.tfrecord`` file, which is then the whole split (``split`` only names it).
         split: ``"training"``, ``"validation"`` or ``"testing"`` (also ``"train"``,
             ``"val"``, ``"test"``).
 
@@ -51,6 +52,9 @@ def segment_files(root: Path, split: str) -> list[Path]:
         FileNotFoundError: the split's folder is missing or holds no segment (the
             message names the folder).
     """
+    root = Path(root)
+    if root.is_file():  # one segment file given directly: it is the split
+        return [root]
     if split not in SPLITS:
         raise ValueError(f"unknown Waymo split {split!r}: one of training, validation, testing (or train, val, test)")
     folder = Path(root) / SPLITS[split]
@@ -129,8 +133,10 @@ def read_frame(path: Path, index: int) -> RawFrame:
     Raises:
         TFRecordError: a truncated file or a CRC mismatch, naming the file.
         IndexError: no record ``index`` in the file.
+        EmptyFrameError: a frame whose lasers hold no return (no range image, or none
+            with a positive range): a stripped or camera-only record.
         ValueError: an undecodable record or field, a laser without calibration, a
-            frame without points; naming the file and the record.
+            frame whose points are all non-finite; naming the file and the record.
     """
     path = Path(path)
     where = f"{path}: record {index}"
@@ -139,9 +145,12 @@ def read_frame(path: Path, index: int) -> RawFrame:
     calibrations = {c.name: c for c in frame.context.laser_calibrations}
 
     points, seg_parts = [], []
+    images = 0  # range images decoded
     feats: dict[str, list[np.ndarray]] = {name: [] for name in WAYMO.point_features}
     has_seg = False
     for laser in sorted(frame.lasers, key=lambda laser: laser.name):
+        if not (laser.ri_return1.range_image_compressed or laser.ri_return2.range_image_compressed):
+            continue  # an entry without range images (a stripped file) holds no point to place
         name = _laser_name(laser.name)
         if laser.name not in calibrations:
             raise ValueError(f"{where}: laser {name} has no calibration")
@@ -159,6 +168,7 @@ def read_frame(path: Path, index: int) -> RawFrame:
                 continue
             what = f"laser {name} return {return_index + 1}"
             image = _decode(where, f"{what} range image", decode_matrix_float, ri.range_image_compressed)
+            images += 1
             if image.ndim != 3 or image.shape[2] < 4:
                 raise ValueError(f"{where}: {what}: range image of shape {image.shape}, expected (H, W, 4)")
             height, width = image.shape[:2]
@@ -196,12 +206,17 @@ def read_frame(path: Path, index: int) -> RawFrame:
                 seg_parts.append(np.full(n, UNLABELLED, dtype=np.uint8))  # a return without labels
 
     xyz = np.concatenate(points) if points else np.zeros((0, 3), np.float32)
+    if len(xyz) == 0:
+        raise EmptyFrameError(
+            f"{where} (frame {frame.context.name}/{frame.timestamp_micros}): no LiDAR returns in this frame: "
+            f"a stripped or camera-only file? ({len(frame.lasers)} lasers, {images} range images, no return in any; "
+            "`gpicture convert --skip-empty-frames` skips such frames)")
     finite = np.isfinite(xyz).all(axis=1)
     dropped = int(len(xyz) - finite.sum())
     if dropped:
         xyz = xyz[finite]
     if len(xyz) == 0:
-        raise ValueError(f"{where}: frame has no points")
+        raise ValueError(f"{where}: no point of the frame has finite coordinates")
     features = {}
     for key, parts in feats.items():
         values = np.concatenate(parts).astype(np.float32, copy=False)
