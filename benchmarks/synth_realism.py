@@ -76,7 +76,7 @@ def intensity_tables(synthetic: Path, real: Path) -> None:
 
 def main() -> None:
     raw = Path(sys.argv[1] if len(sys.argv) > 1 else "data/raw")
-    real = Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/realdata") / "nuscenes_real"
+    real_root = Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/realdata") / "nuscenes_real"
     n = nuscenes_figures(raw / "nuscenes")
     w = waymo_figures(raw / "waymo")
     print("| figure | synthetic | real dataset |")
@@ -98,8 +98,8 @@ def main() -> None:
     print("|---|---|")
     for k, v in n["seg"].items():
         print(f"| {k} | {100 * v:.1f} % |")
-    if real.is_dir():
-        intensity_tables(raw / "nuscenes", real)
+    if real_root.is_dir():
+        intensity_tables(raw / "nuscenes", real_root)
 
 
 if __name__ == "__main__":

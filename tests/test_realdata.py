@@ -8,12 +8,14 @@ score the val scene, a split the dataset holds only one scene of. Waymo (two rea
 lasers hold no range images): one clear error, or with --skip-empty-frames an empty store that
 every later stage refuses.
 
-The data is read where it lies (never copied); without ../shared/realdata these tests skip.
+The data is read where it lies (never copied): ../shared/realdata beside the checkout, or the
+folder $GPICTURE_REALDATA names; only where it is absent do these tests skip, saying so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from gpicture.data.store import VoxelStore
 from stages.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
-REAL = REPO.parent / "shared" / "realdata"
+REAL = Path(os.environ.get("GPICTURE_REALDATA", REPO.parent / "shared" / "realdata"))  # never copied here
 NUSCENES_REAL = REAL / "nuscenes_real"
 WAYMO_FILES = sorted((REAL / "waymo_no_range_images").glob("*.tfrecord"))
 VERSION = "v1.0-trainval"
@@ -35,7 +37,7 @@ NO_RETURNS = "no LiDAR returns in this frame: a stripped or camera-only file?"
 EMPTY_STORE = "the store holds no frames"
 
 pytestmark = pytest.mark.skipif(not NUSCENES_REAL.is_dir() or len(WAYMO_FILES) != 2,
-                                reason=f"{REAL}: the real-data folder is absent")
+                                reason=f"{REAL}: the real-data folder is absent (set GPICTURE_REALDATA)")
 
 
 def _cli(args: list[str]):
