@@ -18,6 +18,7 @@ from stages.show import show
 from stages.study import study
 from stages.synth import synth
 from stages.teacher import teacher
+from stages.teacher_probe import teacher_probe
 
 app = typer.Typer(
     name="gpicture",
@@ -37,6 +38,7 @@ app.command("synth")(synth)
 app.command("convert")(convert)
 app.command("merge")(merge)
 app.command("teacher")(teacher)
+app.command("teacher-probe")(teacher_probe)
 app.command("pretrain")(pretrain)
 app.command("cka")(cka)
 app.command("finetune")(finetune)

@@ -34,8 +34,8 @@ def test_doctor_exits_nonzero_naming_the_broken_dependency(monkeypatch) -> None:
     assert "broken: torch-scatter" in result.output
 
 
-EXPECTED_COMMANDS = {"doctor", "synth", "convert", "merge", "teacher", "pretrain", "cka", "finetune", "evaluate",
-                     "show", "study"}
+EXPECTED_COMMANDS = {"doctor", "synth", "convert", "merge", "teacher", "teacher-probe", "pretrain", "cka", "finetune",
+                     "evaluate", "show", "study"}
 
 
 def _listed_commands(help_text: str) -> list[str]:
