@@ -205,7 +205,7 @@ def test_cka_alpha_from_the_pipelines_fine_tuned_models(data, tmp_path) -> None:
     torch.manual_seed(0)
     pre = tmp_path / "student.pt"
     save_student(build_pretrainer(PROFILE, attrs, ALPHA).student, PROFILE, attrs, pre)
-    run = FinetuneRun(NUSCENES, PROFILE, data[0], tmp_path / "seg", _train_cfg(1),
+    run = FinetuneRun(NUSCENES, PROFILE, data[0], tmp_path / "seg", _train_cfg(3),
                       DistInfo(), init=pre, progress=False)
     finetune(SegmentationTask(), SegmentationConfig(), run)
     model = tmp_path / "seg" / "model.pt"
@@ -215,7 +215,7 @@ def test_cka_alpha_from_the_pipelines_fine_tuned_models(data, tmp_path) -> None:
                                state["student.vfe.layers.0.linear.weight"])
     alpha = cka_alpha(pre, [model], data[0], frames=1)
     assert len(alpha) == 8 and all(0.0 < a <= 1.0 + 1e-6 for a in alpha)
-    assert min(alpha) < 0.999  # one epoch of fine-tuning moved some layer
+    assert min(alpha) < 0.999  # three epochs of fine-tuning moved some layer
     with pytest.raises(ValueError, match="not a gpicture student or fine-tuned model"):
         torch.save({"model_params": PROFILE, "weights": {}}, tmp_path / "other.pt")
         load_student(tmp_path / "other.pt", attrs)
