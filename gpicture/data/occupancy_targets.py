@@ -12,10 +12,11 @@ skipped by the loss and the metrics.
   without occupied fine voxels is empty. The majority vote keeps thin classes (poles, cones) from
   vanishing the way a "max label" or "any object wins" rule would bias them in.
 - Waymo (no occupancy files), and a nuScenes store without occupancy rows (no nuScenes-Occupancy
-  folder beside the raw data; its lidarseg labels mapped to the 16 evaluation classes): the voxels of the grid that contain labelled points (seg labels
-  1..22) take their points' majority label; voxels whose points are all UNDEFINED (0) are
-  OCCUPANCY_IGNORE; points without labels (255) are dropped. Only frames with segmentation labels have
-  ground truth (Waymo: every 5th frame in the real data; nuScenes: the keyframe points, not the sweeps).
+  folder beside the raw data; its lidarseg labels mapped to the 16 evaluation classes): the voxels
+  of the grid that contain labelled points (seg labels 1..C) take their points' majority label;
+  voxels whose points are all UNDEFINED (0) are OCCUPANCY_IGNORE; points without labels (255) are
+  dropped. Only frames with segmentation labels have ground truth (Waymo: every 5th frame in the
+  real data; nuScenes: the keyframe points, not the sweeps).
 
 Everything is vectorized with ``np.unique`` / ``np.lexsort`` over rows: no Python loop over
 points or voxels.

@@ -32,9 +32,9 @@ from scipy.spatial import cKDTree
 
 from gpicture.atomic import move_into_place, temp_sibling, write_file_atomic
 from gpicture.data.nuscenes_reader import POINT_DIMS, _keep_mask, open_nuscenes
-from gpicture.eval.nuscenes_scenes import lidarseg_on_present_scenes, sample_tokens, split_scenes
 from gpicture.data.spec import DatasetSpec, SegmentationFormat
 from gpicture.data.store import VoxelStore
+from gpicture.eval.nuscenes_scenes import lidarseg_on_present_scenes, sample_tokens, split_scenes
 from gpicture.eval.predictions import RawSource, SegmentationPrediction, finite
 
 PREDICTIONS = "predictions"
