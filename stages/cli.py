@@ -1,27 +1,55 @@
 """The `gpicture` command: every pipeline step as a subcommand.
 
 Each subcommand lives in its own module of ``stages/`` and is the same code path
-that the DVC stage of the same name runs.
+that the DVC stage of the same name runs. Modules are imported only when their command
+runs (or when ``--help`` lists them): a stage pays for torch, MinkowskiEngine, spconv or
+the devkit only if it uses them, which matters when DVC starts one process per stage.
 """
 
 from __future__ import annotations
 
-import typer
+import importlib
 
-from stages.cka import cka
-from stages.convert import convert, merge
-from stages.doctor import doctor
-from stages.evaluate import evaluate
-from stages.finetune import finetune
-from stages.pretrain import pretrain
-from stages.show import show
-from stages.study import study
-from stages.synth import synth
-from stages.teacher import teacher
-from stages.teacher_probe import teacher_probe
+import click
+import typer
+from typer.core import TyperGroup
+
+# command -> (module, function), in the order `gpicture --help` lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("stages.doctor", "doctor"),
+    "synth": ("stages.synth", "synth"),
+    "convert": ("stages.convert", "convert"),
+    "merge": ("stages.convert", "merge"),
+    "teacher-fit": ("stages.teacher_fit", "teacher_fit"),
+    "teacher": ("stages.teacher", "teacher"),
+    "teacher-probe": ("stages.teacher_probe", "teacher_probe"),
+    "pretrain": ("stages.pretrain", "pretrain"),
+    "cka": ("stages.cka", "cka"),
+    "finetune": ("stages.finetune", "finetune"),
+    "evaluate": ("stages.evaluate", "evaluate"),
+    "show": ("stages.show", "show"),
+    "study": ("stages.study", "study"),
+}
+
+
+class LazyGroup(TyperGroup):
+    """A typer group whose subcommands are built from their module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, name = COMMANDS[cmd_name]
+        single = typer.Typer(add_completion=False)
+        single.command(cmd_name)(getattr(importlib.import_module(module), name))
+        return typer.main.get_command(single)
+
 
 app = typer.Typer(
     name="gpicture",
+    cls=LazyGroup,
     help="GPICTURE self-supervised LiDAR pre-training: a reproducible pipeline.",
     no_args_is_help=True,
     add_completion=False,
@@ -31,20 +59,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """GPICTURE self-supervised LiDAR pre-training: a reproducible pipeline."""
-
-
-app.command("doctor")(doctor)
-app.command("synth")(synth)
-app.command("convert")(convert)
-app.command("merge")(merge)
-app.command("teacher")(teacher)
-app.command("teacher-probe")(teacher_probe)
-app.command("pretrain")(pretrain)
-app.command("cka")(cka)
-app.command("finetune")(finetune)
-app.command("evaluate")(evaluate)
-app.command("show")(show)
-app.command("study")(study)
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)

@@ -18,8 +18,11 @@ from gpicture.teacher.cache import TeacherConfig, build_teacher_store
 def teacher(
     store: Path = typer.Option(..., help="The voxel store to compute features for."),
     out: Path = typer.Option(..., help="The teacher store to write."),
-    checkpoint: Path | None = typer.Option(None, help="Seal / SLidR Res16UNet34C checkpoint (params: teacher.checkpoint); "
-                                                      "none: a seeded random teacher."),
+    checkpoint: Path | None = typer.Option(None, help="Teacher checkpoint: the one `gpicture teacher-fit` wrote "
+                                                      "(models/teacher/<dataset>/teacher.pt, what the pipeline passes), "
+                                                      "or a Seal / SLidR Res16UNet34C file (params: teacher.checkpoint)."),
+    init: str | None = typer.Option(None, help="With no checkpoint: random (a seeded random teacher, for tests) "
+                                               "(params: teacher.init)."),
     dtype: str | None = typer.Option(None, help="float16 or int8 (params: teacher.dtype)."),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing teacher store."),
@@ -32,18 +35,21 @@ def teacher(
         sec = load_section(params, "teacher")
         source = VoxelStore.open(store)
         dataset = source.attrs["dataset"]
-        cfg = TeacherConfig(
-            voxel_size=float(sec.get("voxel_size", 0.2)),
-            input_scale=float(sec.get("input_scale", {}).get(dataset, 1.0)),
-            keyframe_only=bool(sec.get("keyframe_only", True)),
-            batch_frames=int(sec.get("batch_frames", 2)),
-            dtype=dtype or str(sec.get("dtype", "float16")),
-        )
+        cfg = TeacherConfig.from_params(sec, dataset, dtype=dtype)
+        cfg.validate()
         ckpt = checkpoint if checkpoint is not None else sec.get("checkpoint")
+        if ckpt is None and (init or sec.get("init", "standin")) != "random":
+            raise ValueError(f"no teacher checkpoint: `gpicture teacher-fit --dataset {dataset}` makes one "
+                             f"(models/teacher/{dataset}/teacher.pt; `dvc repro` runs it), pass it with --checkpoint, "
+                             "or choose a seeded random teacher with --init random (tests only)")
         import torch
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         net = SealTeacher.from_checkpoint(ckpt, device=dev, seed=int(sec.get("seed", 0)))
+        trained = (net.metadata or {}).get("input_convention")
+        if trained is not None and trained != cfg.convention():
+            raise ValueError(f"{ckpt}: trained with the teacher voxelization {trained}, but params ask for "
+                             f"{cfg.convention()}; rerun gpicture teacher-fit (or dvc repro)")
     except (ParamsError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -12,7 +12,7 @@ from gpicture.atomic import write_file_atomic
 from gpicture.data.spec import DATASETS
 from gpicture.params import ParamsError, load_section
 from gpicture.teacher.cache import TeacherStore
-from gpicture.training.teacher_probe import cluster_purity, labelled_features, linear_probe
+from gpicture.training.teacher_probe import cluster_purity, labelled_features, linear_probe, masking_ratios
 
 
 def teacher_probe(
@@ -35,19 +35,24 @@ def teacher_probe(
     teacher = teacher or Path(f"data/teacher/{dataset}/val.zarr")
     out = out or Path(f"metrics/{dataset}/teacher.json")
     try:
-        k = int(load_section(params, "pretrain", "mask").get("n_clusters", 8))
+        mask = load_section(params, "pretrain", "mask")
+        k = int(mask.get("n_clusters", 8))
         train = labelled_features(train_store, train_teacher)
         val = labelled_features(store, teacher)
         purity = cluster_purity(val, k)
         probe = linear_probe(train, val)
+        ratios = masking_ratios(val, k, list(mask.get("n_partition", [3, 3, 2])),
+                                float(mask.get("lambda_threshold", 0.6)), list(mask.get("base_ratio", [0.9, 0.45, 0.0])))
         settings = TeacherStore.open(teacher).settings
-        description = (f"random initialisation (seed {settings['random_init_seed']})" if settings.get("random_init")
-                       else f"checkpoint {settings.get('checkpoint')} (sha256 {settings.get('checkpoint_sha256')})")
+        description = settings.get("teacher_description") or (
+            f"random initialisation (seed {settings['random_init_seed']})" if settings.get("random_init")
+            else f"checkpoint {settings.get('checkpoint')} (sha256 {settings.get('checkpoint_sha256')})")
     except (ParamsError, ValueError, OSError, KeyError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     metrics = {"cluster_purity": purity, "probe_mIoU": probe.miou, "k": k, "val_voxels": len(val.labels),
-               "train_voxels": len(train.labels), "per_class_probe_IoU": probe.per_class, "teacher": description}
+               "train_voxels": len(train.labels), "per_class_probe_IoU": probe.per_class, "per_class_masking_ratio": ratios,
+               "teacher": description}
     write_file_atomic(out, json.dumps(metrics, indent=1))
     Console().print(f"wrote {out}: cluster purity {purity:.3f} (K={k}), linear-probe mIoU {probe.miou:.3f}"
                     f" — {description}", soft_wrap=True)

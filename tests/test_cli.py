@@ -34,7 +34,7 @@ def test_doctor_exits_nonzero_naming_the_broken_dependency(monkeypatch) -> None:
     assert "broken: torch-scatter" in result.output
 
 
-EXPECTED_COMMANDS = {"doctor", "synth", "convert", "merge", "teacher", "teacher-probe", "pretrain", "cka", "finetune",
+EXPECTED_COMMANDS = {"doctor", "synth", "convert", "merge", "teacher", "teacher-fit", "teacher-probe", "pretrain", "cka", "finetune",
                      "evaluate", "show", "study"}
 
 

@@ -22,6 +22,8 @@ def _tiny_params(path: Path) -> None:
     p = yaml.safe_load(path.read_text())
     p["synth"]["nuscenes"].update(scenes=3, frames=1, sweeps_before=1, occupancy=False)
     p["convert"]["nuscenes"]["sweeps"] = 2
+    p["teacher"]["standin"].update(steps=1, crop_deg=30.0)  # the stand-in upstream of the stage, tiny
+    p["teacher"]["standin"]["pool"].update(scenes=1, frames=1)
     path.write_text(yaml.safe_dump(p, sort_keys=False))
 
 

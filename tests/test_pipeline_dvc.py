@@ -28,6 +28,8 @@ def _tiny_params(params: dict) -> dict:
     for d in ("nuscenes", "waymo"):
         params["model"]["profiles"]["small"][d].update(TINY_MODEL)
     params["teacher"]["batch_frames"] = 2
+    params["teacher"]["standin"].update(steps=2, crop_deg=30.0)  # the stand-in's real path, two steps
+    params["teacher"]["standin"]["pool"].update(scenes=1, frames=1)
     params["pretrain"].update(epochs=3)
     for task in ("detection", "segmentation", "occupancy"):
         params["finetune"][task]["epochs"] = 1
@@ -93,7 +95,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_and_exp_run_reruns_only_pretrai
                                                                                        "occupancy"))
     exp = _run(["dvc", "exp", "run", "-S", f"pretrain.alpha_file={alpha_file}"], root, env)
     reran = _stages_run(exp)
-    untouched = {s for s in stages if s.startswith(("synth@", "convert_", "teacher@", "study_scratch@"))}
+    untouched = {s for s in stages if s.startswith(("synth@", "convert_", "teacher_fit@", "teacher@", "study_scratch@"))}
     assert not reran & untouched, sorted(reran & untouched)
     assert {"pretrain@nuscenes", "pretrain@waymo", "pretrain_ablation", "study_report", "figures@nuscenes",
             "cka@nuscenes", "cka@waymo"} <= reran

@@ -182,7 +182,7 @@ def test_teacher_pretrain_finetunes_and_official_evaluation(work) -> None:
     root, params = work["root"], work["params"]
     for split in ("train", "val"):
         _ok(_cli(["teacher", "--store", root / f"{split}.zarr", "--out", root / f"teacher-{split}.zarr",
-                  "--device", "cpu", "--params", params]))
+                  "--device", "cpu", "--init", "random", "--params", params]))
     _ok(_cli(["pretrain", "--dataset", "nuscenes", "--store", root / "train.zarr", "--teacher",
               root / "teacher-train.zarr", "--out", root / "pretrain", "--epochs", 1, "--params", params]))
     student = root / "pretrain" / "student.pt"
@@ -260,7 +260,8 @@ def test_skipped_frames_leave_an_empty_store_that_every_stage_refuses(tmp_path) 
     assert attrs["n_frames"] == 0 and attrs["skipped_frames"] == 1 and attrs["complete"] is True
     params = REPO / "params.yaml"
     stages = {
-        "teacher": ["teacher", "--store", store, "--out", tmp_path / "teacher.zarr", "--params", params],
+        "teacher": ["teacher", "--store", store, "--out", tmp_path / "teacher.zarr", "--init", "random",
+                    "--params", params],
         "pretrain": ["pretrain", "--dataset", "waymo", "--store", store, "--teacher", tmp_path / "teacher.zarr",
                      "--out", tmp_path / "pretrain", "--params", params],
         "show": ["show", store, "--frame", 0, "--out", tmp_path / "show.png", "--params", params],

@@ -267,7 +267,7 @@ def test_cli_says_random_and_refuses_a_bad_checkpoint(store, tmp_path) -> None:
     from stages.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["teacher", "--store", str(store), "--out", str(tmp_path / "t.zarr")])
+    r = runner.invoke(app, ["teacher", "--store", str(store), "--out", str(tmp_path / "t.zarr"), "--init", "random"])
     assert r.exit_code == 0, r.output
     assert "RANDOM INITIALISATION" in r.output and "complete True" in r.output
     (tmp_path / "bad.pth").write_bytes(b"garbage")

@@ -83,7 +83,7 @@ def generate_nuscenes(cfg: SynthConfig, out: Path, force: bool = False,
     jobs = [(nm, scene_seed(cfg.seed, NUSCENES.name, i), cfg, 1_532_402_927_000_000 + i * 3_600_000_000)
             for i, nm in enumerate(names)]
     with into_place(_temp_folder(out, force), out) as tmp:
-        scenes = _run_parallel(simulate_nuscenes_scene, jobs, cfg.workers, progress)
+        scenes = run_parallel(simulate_nuscenes_scene, jobs, cfg.workers, progress)
         nuscenes_writer.write_nuscenes(scenes, tmp, version=cfg.version)
     n_sweeps = sum(len(s.sweeps) for s in scenes)
     return {"scenes": len(scenes), "train": n_train, "val": n_val, "sweeps": n_sweeps,
@@ -108,11 +108,11 @@ def generate_waymo(cfg: SynthConfig, out: Path, force: bool = False,
             folder = tmp / ("training" if i < n_train else "validation")
             folder.mkdir(exist_ok=True)
             jobs.append((folder, scene_seed(cfg.seed, WAYMO.name, i), cfg))
-        frames = _run_parallel(_waymo_job, jobs, cfg.workers, progress)
+        frames = run_parallel(_waymo_job, jobs, cfg.workers, progress)
     return {"segments": cfg.scenes, "train": n_train, "val": n_val, "frames": int(sum(frames))}
 
 
-def _run_parallel(fn: Callable, jobs: list[tuple], workers: int,
+def run_parallel(fn: Callable, jobs: list[tuple], workers: int,
                   progress: Callable[[int, int], None] | None) -> list:
     """``[fn(*job) for job in jobs]``, over up to ``workers`` processes, reporting ``progress``."""
     results: list = [None] * len(jobs)

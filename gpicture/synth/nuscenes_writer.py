@@ -132,7 +132,7 @@ _CLASS_TO_CATEGORY = {c.name: c.category for c in OBJECT_CLASSES}
 _LIDARSEG_NAME = re.compile(r"^[0-9a-f]{32}_lidarseg\.bin$")
 
 
-def _token(*parts: object) -> str:
+def token(*parts: object) -> str:
     """A deterministic 32-hex token for a descriptive key."""
     return hashlib.md5("/".join(["gpicture-nuscenes", *map(str, parts)]).encode()).hexdigest()
 
@@ -241,14 +241,14 @@ def write_nuscenes(scenes: list[NuscenesScene], root: Path, version: str = "v1.0
     for d in (table_dir, lidarseg_dir, root / "samples" / CHANNEL, root / "sweeps" / CHANNEL, root / "maps"):
         d.mkdir(parents=True, exist_ok=True)
 
-    sensor_token = _token("sensor", CHANNEL)
+    sensor_token = token("sensor", CHANNEL)
     t: dict[str, list[dict]] = {name: [] for name in TABLES}
     t["category"] = [
-        {"token": _token("category", name), "name": name, "description": CATEGORY_DESCRIPTIONS[name], "index": i}
+        {"token": token("category", name), "name": name, "description": CATEGORY_DESCRIPTIONS[name], "index": i}
         for i, name in enumerate(NUSCENES_CATEGORIES)
     ]
     t["attribute"] = [
-        {"token": _token("attribute", name), "name": name, "description": ATTRIBUTE_DESCRIPTIONS[name]}
+        {"token": token("attribute", name), "name": name, "description": ATTRIBUTE_DESCRIPTIONS[name]}
         for name in NUSCENES_ATTRIBUTES
     ]
     t["visibility"] = [
@@ -262,9 +262,9 @@ def write_nuscenes(scenes: list[NuscenesScene], root: Path, version: str = "v1.0
     lidarseg_files: set[str] = set()
 
     for scene in scenes:
-        scene_token = _token("scene", scene.name)
-        log_token = _token("log", scene.name)
-        cs_token = _token("calibrated_sensor", scene.name, CHANNEL)
+        scene_token = token("scene", scene.name)
+        log_token = token("log", scene.name)
+        cs_token = token("calibrated_sensor", scene.name, CHANNEL)
         logfile, date = _logfile(scene, used_logs)
         t["log"].append({
             "token": log_token, "logfile": logfile, "vehicle": logfile.split("-")[0],
@@ -279,8 +279,8 @@ def write_nuscenes(scenes: list[NuscenesScene], root: Path, version: str = "v1.0
 
         sweeps = scene.sweeps
         key_idx = [i for i, s in enumerate(sweeps) if s.is_key_frame]
-        sample_tokens = [_token("sample", scene.name, k) for k in range(len(key_idx))]
-        sd_tokens = [_token("sample_data", scene.name, CHANNEL, i) for i in range(len(sweeps))]
+        sample_tokens = [token("sample", scene.name, k) for k in range(len(key_idx))]
+        sd_tokens = [token("sample_data", scene.name, CHANNEL, i) for i in range(len(sweeps))]
 
         # sample of each sweep: the keyframe at or after it, else the last one
         owner = np.searchsorted(np.asarray(key_idx), np.arange(len(sweeps)), side="left")
@@ -337,7 +337,7 @@ def write_nuscenes(scenes: list[NuscenesScene], root: Path, version: str = "v1.0
         t["instance"].extend(instances.values())
 
     t["map"] = [
-        {"category": "semantic_prior", "token": _token("map", loc), "filename": f"maps/{_token('map', loc)}.png",
+        {"category": "semantic_prior", "token": token("map", loc), "filename": f"maps/{token('map', loc)}.png",
          "log_tokens": logs}
         for loc, logs in map_logs.items()
     ]
@@ -371,13 +371,13 @@ def _annotate(t: dict[str, list[dict]], scene_name: str, sample_token: str, k: i
         attr = str(obj.attribute[j])
         if attr and attr not in NUSCENES_ATTRIBUTES:
             raise ValueError(f"scene {scene_name}: unknown attribute {attr!r}")
-        ann_token = _token("sample_annotation", scene_name, k, iid)
-        inst_token = _token("instance", scene_name, iid)
+        ann_token = token("sample_annotation", scene_name, k, iid)
+        inst_token = token("instance", scene_name, iid)
         length, width, height = _floats(obj.size[j])
         prev = last_ann.get(iid)
         ann = {
             "token": ann_token, "sample_token": sample_token, "instance_token": inst_token,
-            "visibility_token": vis, "attribute_tokens": [_token("attribute", attr)] if attr else [],
+            "visibility_token": vis, "attribute_tokens": [token("attribute", attr)] if attr else [],
             "translation": _floats(obj.center[j]), "size": [width, length, height],
             "rotation": _yaw_quat(float(obj.yaw[j])), "prev": prev["token"] if prev else "", "next": "",
             "num_lidar_pts": int(obj.num_points[j]), "num_radar_pts": 0,
@@ -387,7 +387,7 @@ def _annotate(t: dict[str, list[dict]], scene_name: str, sample_token: str, k: i
         last_ann[iid] = ann
         t["sample_annotation"].append(ann)
         inst = instances.get(iid)
-        cat_token = _token("category", category)
+        cat_token = token("category", category)
         if inst is None:
             instances[iid] = {
                 "token": inst_token, "category_token": cat_token, "nbr_annotations": 1,

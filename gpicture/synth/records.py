@@ -42,6 +42,7 @@ class NuscenesSweep:
     lidarseg: np.ndarray  # (N,) uint8 raw nuScenes lidarseg class (taxonomy.NUSCENES_CATEGORIES)
     objects: ObjectStates | None = None  # keyframes only
     occupancy: np.ndarray | None = None  # keyframes only: (M, 4) int64 rows (z, y, x, label) on the OpenOccupancy grid
+    instance: np.ndarray | None = None  # (N,) int64 object instance id of each point, 0 for stuff (not written)
 
 
 @dataclass

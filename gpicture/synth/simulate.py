@@ -54,8 +54,12 @@ def _objects_near(scene: Scene, t: float, centre_xy: np.ndarray, radius: float) 
     return sub, idx
 
 
-def simulate_nuscenes_scene(name: str, seed: int, cfg: SynthConfig, base_time_us: int) -> NuscenesScene:
-    """Simulate one nuScenes-like scene: all LIDAR_TOP sweeps, keyframe labels, occupancy."""
+def simulate_nuscenes_scene(name: str, seed: int, cfg: SynthConfig, base_time_us: int,
+                            keyframes_only: bool = False) -> NuscenesScene:
+    """Simulate one nuScenes-like scene: all LIDAR_TOP sweeps, keyframe labels, occupancy.
+
+    ``keyframes_only`` casts only the keyframes (the teacher pool needs no sweeps; the
+    random stream then differs from a full run's, so only the pool uses it)."""
     spec = nuscenes_lidar_top()
     n_sweeps = cfg.sweeps_before + (cfg.frames - 1) * NUSCENES_SWEEPS_PER_KEYFRAME + 1
     duration = n_sweeps * NUSCENES_SWEEP_DT
@@ -71,6 +75,8 @@ def simulate_nuscenes_scene(name: str, seed: int, cfg: SynthConfig, base_time_us
     for i in range(n_sweeps):
         t = i * NUSCENES_SWEEP_DT + rng.uniform(-0.001, 0.001)
         key = i >= cfg.sweeps_before and (i - cfg.sweeps_before) % NUSCENES_SWEEPS_PER_KEYFRAME == 0
+        if keyframes_only and not key:
+            continue
         ego = scene.ego_pose(t)
         world_from_sensor = ego @ spec.ego_from_sensor
         az = np.linspace(-np.pi, np.pi, spec.columns, endpoint=False) + rng.uniform(0, 2 * np.pi / spec.columns)
@@ -88,6 +94,7 @@ def simulate_nuscenes_scene(name: str, seed: int, cfg: SynthConfig, base_time_us
             world_from_ego=ego,
             points=points,
             lidarseg=nuscenes_labels(r.kind[v]).astype(np.uint8),
+            instance=r.instance[v],
         )
         if key:
             objects, idx = _objects_near(scene, t, ego[:2, 3], 80.0)

@@ -1,8 +1,8 @@
 """The teacher-feature cache: one 64-d Seal feature per canonical voxel of a store.
 
-For each frame of a voxel store, the (keyframe) points are quantized at the teacher's
-own voxel size (0.2 m by default) with the mean scaled intensity as the single input
-channel, the frozen teacher runs on a batch of frames, and each teacher voxel's output
+For each frame of a voxel store, the (keyframe) points are quantized in the teacher's
+own convention (``gpicture.teacher.voxels``: Seal's cylindrical 0.1 m / 1 degree voxels
+and raw intensity in params.yaml) with the voxel's mean input channel, the frozen teacher runs on a batch of frames, and each teacher voxel's output
 is averaged into the store's canonical voxels through the points they share. The
 result is a Zarr store aligned row for row with the source's voxels:
 
@@ -31,6 +31,7 @@ from zarr.codecs import BloscCodec
 
 from gpicture.atomic import move_into_place
 from gpicture.data.store import StoreError, VoxelStore
+from gpicture.teacher.voxels import COORDINATES, TRANSFORMS, TeacherVoxels, input_channel, teacher_voxels
 
 if TYPE_CHECKING:  # only for annotations: building needs MinkowskiEngine, reading does not
     from gpicture.teacher.seal import SealTeacher
@@ -45,15 +46,45 @@ DIM = 64
 class TeacherConfig:
     """How teacher features are computed (the ``teacher`` section of params.yaml)."""
 
-    voxel_size: float = 0.2  # m, the teacher's own quantization
-    input_scale: float = 1.0  # intensity multiplier for the input channel (1/255 for nuScenes' 0..255)
+    voxel_size: float = 0.2  # m, the teacher's own quantization (radius and z bins when cylindrical)
+    input_scale: float = 1.0  # intensity multiplier for the input channel (Seal on nuScenes: 1, raw 0..255)
+    coordinates: str = "cartesian"  # or "cylindrical" (Seal / SLidR: radius, azimuth, z)
+    angle_bin_deg: float = 1.0  # azimuth bin of cylindrical voxels, degrees (SLidR: 1)
+    input_transform: str = "identity"  # or "tanh" (GPICTURE's Waymo input)
     keyframe_only: bool = True  # only points with time_lag 0 / return_index 0 feed the teacher
     batch_frames: int = 2
     dtype: str = "float16"  # or "int8"
 
+    @classmethod
+    def from_params(cls, sec: dict[str, Any], dataset: str, dtype: str | None = None) -> TeacherConfig:
+        """The config of ``dataset`` from the ``teacher`` section of params.yaml (per-dataset
+        keys ``input_scale`` / ``input_transform`` may be a mapping dataset -> value)."""
+        def per_dataset(key: str, default: Any) -> Any:
+            v = sec.get(key, default)
+            return v.get(dataset, default) if isinstance(v, dict) else v
+
+        return cls(
+            voxel_size=float(sec.get("voxel_size", 0.2)),
+            input_scale=float(per_dataset("input_scale", 1.0)),
+            coordinates=str(sec.get("coordinates", "cartesian")),
+            angle_bin_deg=float(sec.get("angle_bin_deg", 1.0)),
+            input_transform=str(per_dataset("input_transform", "identity")),
+            keyframe_only=bool(sec.get("keyframe_only", True)),
+            batch_frames=int(sec.get("batch_frames", 2)),
+            dtype=dtype or str(sec.get("dtype", "float16")),
+        )
+
+    def convention(self) -> dict[str, Any]:
+        """The voxelization a checkpoint must have been trained with (the input channel's
+        scaling may differ by dataset: GPICTURE runs nuScenes weights on tanh'd Waymo)."""
+        return {"voxel_size": self.voxel_size, "coordinates": self.coordinates, "angle_bin_deg": self.angle_bin_deg}
+
     def validate(self) -> None:
         if self.voxel_size <= 0 or self.batch_frames < 1:
             raise ValueError(f"teacher voxel_size must be > 0 and batch_frames >= 1, got {self}")
+        if self.coordinates not in COORDINATES or self.input_transform not in TRANSFORMS or self.angle_bin_deg <= 0:
+            raise ValueError(f"teacher coordinates must be one of {COORDINATES}, input_transform one of {TRANSFORMS} "
+                             f"and angle_bin_deg > 0, got {self}")
         if self.dtype not in ("float16", "int8"):
             raise ValueError(f"teacher dtype must be float16 or int8, got {self.dtype!r}")
 
@@ -69,6 +100,12 @@ def _teacher_points(fr, cfg: TeacherConfig) -> np.ndarray:  # noqa: ANN001
     return keep
 
 
+def frame_teacher_voxels(fr, keep: np.ndarray, cfg: TeacherConfig) -> TeacherVoxels:  # noqa: ANN001
+    """The teacher input of a frame's ``keep`` points in the configured convention."""
+    channel = input_channel(fr.features["intensity"][keep], cfg.input_scale, cfg.input_transform)
+    return teacher_voxels(fr.points[keep], channel, cfg.voxel_size, cfg.coordinates, cfg.angle_bin_deg)
+
+
 def frame_batch_features(teacher: SealTeacher, frames: list, cfg: TeacherConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """Teacher features averaged into each frame's canonical voxels: per frame
     ((V_i, 64) float32, (V_i,) bool valid)."""
@@ -76,17 +113,12 @@ def frame_batch_features(teacher: SealTeacher, frames: list, cfg: TeacherConfig)
     offset = 0
     for b, fr in enumerate(frames):
         keep = _teacher_points(fr, cfg)
-        pts = fr.points[keep]
-        q = np.floor(pts / cfg.voxel_size).astype(np.int64)
-        uniq, inv = np.unique(q, axis=0, return_inverse=True)
-        inv = inv.ravel()
-        n_t = len(uniq)
-        intensity = fr.features["intensity"][keep].astype(np.float64) * cfg.input_scale
-        mean_i = np.bincount(inv, weights=intensity, minlength=n_t) / np.maximum(np.bincount(inv, minlength=n_t), 1)
-        coords.append(np.column_stack([np.full(n_t, b), uniq]).astype(np.int32))
-        feats.append(mean_i.astype(np.float32)[:, None])
+        tv = frame_teacher_voxels(fr, keep, cfg)
+        n_t = len(tv.coords)
+        coords.append(np.column_stack([np.full(n_t, b, np.int32), tv.coords]))
+        feats.append(tv.features)
         # (teacher voxel, student voxel) links, one per distinct pair
-        pair = np.unique(np.column_stack([inv + offset, fr.point_voxel[keep]]), axis=0)
+        pair = np.unique(np.column_stack([tv.point_voxel + offset, fr.point_voxel[keep]]), axis=0)
         links.append(pair)
         offset += n_t
     out = teacher.encode(np.concatenate(coords), np.concatenate(feats)) if offset else np.zeros((0, DIM), np.float32)
@@ -118,7 +150,9 @@ def _settings(source: VoxelStore, teacher: SealTeacher, cfg: TeacherConfig) -> d
         "checkpoint_sha256": teacher.sha256,
         "checkpoint": None if teacher.checkpoint is None else str(teacher.checkpoint),
         "random_init": teacher.is_random,
-        "random_init_seed": teacher.seed if teacher.is_random else None,
+        "random_init_seed": (teacher.metadata or {}).get("seed", teacher.seed) if teacher.is_random else None,
+        "teacher_kind": teacher.kind,
+        "teacher_description": teacher.description,
         "teacher": "Res16UNet34C (MinkowskiEngine), in 1 -> out 64, L2-normalised",
         "teacher_voxel_size": cfg.voxel_size,
         "config": asdict(cfg),

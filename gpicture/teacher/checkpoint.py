@@ -10,12 +10,14 @@ missing, unexpected and mismatched keys listed (the original code skipped them s
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
 
 PREFIXES = ("model_points.", "model.", "module.", "encoder.")
 CONTAINERS = ("state_dict", "model_points")
+METADATA_KEY = "gpicture_teacher"  # what a checkpoint written by `gpicture teacher-fit` says about itself
 
 
 class CheckpointError(ValueError):
@@ -30,6 +32,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> str:
+    """Write weights (Seal's layout, under ``state_dict``) with ``metadata`` beside them,
+    atomically; returns the file's sha256. Refuses non-finite weights."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: refusing to write non-finite weights ({', '.join(bad[:4])})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save({"state_dict": state_dict, METADATA_KEY: metadata}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return file_sha256(path)
+
+
 def strip_prefixes(key: str) -> str:
     changed = True
     while changed:
@@ -42,6 +61,13 @@ def strip_prefixes(key: str) -> str:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The weights of a checkpoint file, unwrapped and with prefixes removed."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The weights of a checkpoint file (unwrapped, prefixes removed) and the metadata
+    ``gpicture teacher-fit`` stores beside them (key ``gpicture_teacher``; None in Seal's
+    and SLidR's own files)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -49,13 +75,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (corrupt zip, not a pickle, foreign objects)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    meta = obj.get(METADATA_KEY) if isinstance(obj, dict) else None
     for name in CONTAINERS:
         if isinstance(obj, dict) and isinstance(obj.get(name), dict):
             obj = obj[name]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict (top level, 'state_dict' or 'model_points')")
-    return {strip_prefixes(k): v for k, v in obj.items()}
+    return {strip_prefixes(k): v for k, v in obj.items()}, meta if isinstance(meta, dict) else None
 
 
 def check_layout(path: Path, given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpicture.teacher.checkpoint import check_layout, file_sha256, read_state_dict
+from gpicture.teacher.checkpoint import check_layout, file_sha256, read_checkpoint
 from gpicture.teacher.res16unet import ME, Res16UNet34C
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 class SealTeacher:
     """A frozen Res16UNet34C (in 1 -> out 64, L2-normalised features) in eval mode."""
 
-    def __init__(self, net: Res16UNet34C, checkpoint: Path | None, sha256: str | None, seed: int, device: str) -> None:
+    def __init__(self, net: Res16UNet34C, checkpoint: Path | None, sha256: str | None, seed: int, device: str,
+                 metadata: dict | None = None) -> None:
         self.net = net.eval().to(device)
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -25,17 +26,31 @@ class SealTeacher:
         self.sha256 = sha256
         self.seed = seed
         self.device = device
+        self.metadata = metadata
+
+    @property
+    def kind(self) -> str:
+        """``random`` (a seeded initialisation, here or saved by ``teacher-fit --init random``),
+        ``standin`` (trained by ``gpicture teacher-fit`` on the synthetic pool) or ``checkpoint``
+        (a Seal / SLidR file)."""
+        if self.checkpoint is None:
+            return "random"
+        return str((self.metadata or {}).get("init", "checkpoint"))
 
     @property
     def is_random(self) -> bool:
-        """True when no checkpoint was given: the weights are a seeded random initialisation."""
-        return self.checkpoint is None
+        """True when the weights are a seeded random initialisation."""
+        return self.kind == "random"
 
     @property
     def description(self) -> str:
+        meta = self.metadata or {}
         if self.is_random:
-            return (f"RANDOM INITIALISATION (seed {self.seed}): no Seal checkpoint configured; "
-                    "features are not semantic")
+            seed = meta.get("seed", self.seed)
+            return f"RANDOM INITIALISATION (seed {seed}): no Seal checkpoint configured; features are not semantic"
+        if self.kind == "standin":
+            return (f"stand-in teacher (trained on synthetic pool, {meta.get('pool_scenes')} scenes): "
+                    f"{self.checkpoint} (sha256 {self.sha256})")
         return f"Seal checkpoint {self.checkpoint} (sha256 {self.sha256})"
 
     @classmethod
@@ -47,10 +62,10 @@ class SealTeacher:
             log.warning("teacher: no checkpoint configured, using a seeded random initialisation (seed %d)", seed)
             return cls(net, None, None, seed, device)
         path = Path(path)
-        weights = read_state_dict(path)
+        weights, meta = read_checkpoint(path)
         check_layout(path, weights, net.state_dict())
         net.load_state_dict(weights, strict=True)
-        return cls(net, path, file_sha256(path), seed, device)
+        return cls(net, path, file_sha256(path), seed, device, metadata=meta)
 
     @torch.no_grad()
     def encode(self, coords, feats) -> np.ndarray:  # noqa: ANN001

@@ -26,7 +26,7 @@ import torch
 
 from gpicture.data.spec import DatasetSpec, dataset_spec
 from gpicture.data.store import VoxelStore
-from gpicture.models.i2mask import kmeans
+from gpicture.models.i2mask import i2mask, kmeans
 from gpicture.teacher.cache import TeacherStore
 
 
@@ -88,6 +88,25 @@ def cluster_purity(data: LabelledFeatures, k: int, seed: int = 0) -> float:
         hit += int(table.max(1).sum())
         total += len(lab)
     return hit / total if total else float("nan")
+
+
+def masking_ratios(data: LabelledFeatures, k: int, n_partition: list[int], lambda_threshold: float,
+                   base_ratio: list[float], seed: int = 0) -> dict[str, float | None]:
+    """Mean I²Mask masking ratio per class: I²Mask (pre-training's settings) on each frame's
+    labelled voxels, the masked share of each class's voxels over all frames (None: absent).
+    A teacher whose clusters follow the classes gives the classes different ratios."""
+    g = torch.Generator().manual_seed(seed)
+    c = len(data.class_names)
+    masked = np.zeros(c)
+    total = np.zeros(c)
+    for i in np.unique(data.frame):
+        sel = data.frame == i
+        res = i2mask(torch.from_numpy(data.features[sel]), k, n_partition, lambda_threshold, base_ratio, generator=g)
+        lab = data.labels[sel]
+        masked += np.bincount(lab, weights=res.mask.numpy().astype(np.float64), minlength=c)
+        total += np.bincount(lab, minlength=c)
+    return {name: (round(float(masked[j] / total[j]), 4) if total[j] else None)
+            for j, name in enumerate(data.class_names) if j > 0}
 
 
 @dataclass(frozen=True)
