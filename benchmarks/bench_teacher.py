@@ -2,8 +2,9 @@
 
 Run: .venv/bin/python benchmarks/bench_teacher.py [STORE]   (default: data/zarr/nuscenes/val.zarr after `make repro`)
 Prints teacher voxels/s on the CPU (Res16UNet34C forward, all cores), end-to-end cache
-frames/s, cache bytes per canonical voxel for float16 and int8, and the int8 cosine
-fidelity against float32.
+frames/s in params.yaml's input convention (Seal's cylindrical 0.1 m / 1 degree voxels) as a
+ratio against the previous commit's (Cartesian 0.2 m), cache bytes per canonical voxel for
+float16 and int8, and the int8 cosine fidelity against float32.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from gpicture.data.store import VoxelStore
 from gpicture.teacher import SealTeacher
@@ -29,7 +32,9 @@ def main() -> None:
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "data/zarr/nuscenes/val.zarr")
     store = VoxelStore.open(source)
     teacher = SealTeacher.from_checkpoint(None)
-    scale = 1 / 255 if store.attrs["dataset"] == "nuscenes" else 1.0
+    dataset = store.attrs["dataset"]
+    scale = 1 / 255 if dataset == "nuscenes" else 1.0
+    seal = TeacherConfig.from_params(yaml.safe_load(open("params.yaml"))["teacher"], dataset)
     print(f"source {source}: {len(store)} frames, {store.n_voxels:,} canonical voxels; torch threads {torch.get_num_threads()}")
     fr = store[0]
     keep = fr.features.get("time_lag", np.zeros(len(fr.points))) == 0
@@ -43,9 +48,17 @@ def main() -> None:
     dt = (time.perf_counter() - t0) / 3
     print(f"Res16UNet34C forward: {len(q):,} teacher voxels in {dt * 1000:.0f} ms -> {len(q) / dt:,.0f} voxels/s")
     with tempfile.TemporaryDirectory() as tmp:
+        rates = {}
+        for name, cfg in (("previous: cartesian 0.2 m", TeacherConfig(input_scale=scale)), ("params (Seal)", seal)):
+            t0 = time.perf_counter()
+            build_teacher_store(source, Path(tmp) / "conv.zarr", teacher, cfg, force=True)
+            rates[name] = len(store) / (time.perf_counter() - t0)
+            print(f"cache, {name} ({cfg.coordinates} {cfg.voxel_size} m): {rates[name]:.2f} frames/s")
+        print(f"Seal's convention: x{rates['params (Seal)'] / rates['previous: cartesian 0.2 m']:.2f} the frames/s "
+              "of the previous one")
         sizes = {}
         for dtype in ("float16", "int8"):
-            cfg = TeacherConfig(input_scale=scale, dtype=dtype)
+            cfg = replace(seal, dtype=dtype)
             t0 = time.perf_counter()
             build_teacher_store(source, Path(tmp) / f"{dtype}.zarr", teacher, cfg)
             dt = time.perf_counter() - t0
@@ -54,7 +67,7 @@ def main() -> None:
                   f"per canonical voxel on disk ({sizes[dtype] / 2**20:.1f} MiB)")
         f16 = TeacherStore.open(Path(tmp) / "float16.zarr")
         i8 = TeacherStore.open(Path(tmp) / "int8.zarr")
-        ref, valid = frame_batch_features(teacher, [store[0]], TeacherConfig(input_scale=scale))[0]
+        ref, valid = frame_batch_features(teacher, [store[0]], seal)[0]
         for name, ts in (("float16", f16), ("int8", i8)):
             x = ts.frame(0)[0][valid]
             r = ref[valid]

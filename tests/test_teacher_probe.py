@@ -35,3 +35,15 @@ def test_class_bearing_features_score_high_and_noise_low() -> None:
     probe_noise = linear_probe(_data(2, 0.0), noise)
     assert probe_good.miou > 0.9 and probe_noise.miou < 0.2
     assert set(probe_good.per_class) == {f"c{i}" for i in range(1, 7)}
+
+
+def test_masking_ratios_per_class_follow_the_clusters() -> None:
+    from gpicture.training.teacher_probe import masking_ratios
+
+    good = _data(3, signal=6.0, classes=6)
+    ratios = masking_ratios(good, k=8, n_partition=[3, 3, 2], lambda_threshold=0.6, base_ratio=[0.9, 0.45, 0.0])
+    assert set(ratios) == {f"c{i}" for i in range(1, 7)}
+    values = np.array(list(ratios.values()))
+    assert ((values >= 0) & (values <= 0.91)).all()  # at most the largest base ratio (0.9), up to rounding
+    # separable classes fall in different I2Mask groups: some classes are masked far more than others
+    assert values.max() - values.min() > 0.3
