@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpicture.compat import import_minkowski
 from gpicture.teacher.cache import TeacherConfig
 from gpicture.teacher.voxels import input_channel, teacher_voxels
 from gpicture.training.teacher_pool import PoolFrame
@@ -179,8 +180,6 @@ def fit_standin(net: torch.nn.Module, frames: list[PoolFrame], n_classes: int, t
 
     ``progress(step, steps, loss)`` after each step. A non-finite loss stops with an error
     naming the step (a checkpoint is never written from such weights)."""
-    from gpicture.compat import import_minkowski
-
     me = import_minkowski()
     cfg.validate()
     tcfg.validate()
