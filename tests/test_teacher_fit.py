@@ -21,7 +21,16 @@ from gpicture.teacher.cache import TeacherConfig, TeacherStore
 from gpicture.teacher.checkpoint import read_checkpoint
 from gpicture.teacher.res16unet import Res16UNet34C
 from gpicture.teacher.voxels import quantize_points, teacher_voxels
-from gpicture.training.teacher_fit import FitConfig, Targets, fit_standin, infonce, segment_keys, segment_targets
+from gpicture.training.teacher_fit import (
+    FitConfig,
+    Targets,
+    augment_sector,
+    sample_points,
+    fit_standin,
+    infonce,
+    segment_keys,
+    segment_targets,
+)
 from gpicture.training.teacher_pool import POOL_TAG, PoolConfig, pool_tokens, simulate_pool
 from stages.cli import app
 
@@ -109,6 +118,40 @@ def test_segments_and_targets() -> None:
     same = (cls[:, None] == cls[None]) & ~np.eye(len(cls), dtype=bool)
     assert sim[torch.from_numpy(same)].min() > 0.8 > sim[torch.from_numpy(cls[:, None] != cls[None])].max()
     assert sim[torch.from_numpy(same)].max() < 0.999  # instances of a class stay distinguishable
+
+
+def test_balanced_sampling_gives_each_class_an_equal_share() -> None:
+    rng = np.random.default_rng(0)
+    cls = np.repeat([1, 11, 15], [50, 20000, 5000])  # a rare object class beside two large stuff classes
+    uniform = cls[sample_points(cls, 600, rng, balanced=False)]
+    balanced = cls[sample_points(cls, 600, rng, balanced=True)]
+    assert (uniform == 1).sum() < 10
+    counts = np.bincount(balanced, minlength=16)[[1, 11, 15]]
+    assert counts.min() > 150  # each class about a third (with replacement: the 50 rare points repeat)
+    assert len(np.unique(sample_points(cls, 600, rng, balanced=False))) == 600  # without replacement
+    assert len(sample_points(cls[:30], 600, rng, balanced=False)) == 30  # uniform: all, when fewer
+    assert len(sample_points(cls[:30], 600, rng, balanced=True)) == 600
+
+
+def test_object_centred_sector_holds_an_object_of_each_class_in_turn() -> None:
+    frame = simulate_pool(PoolConfig(scenes=1, frames=1))[0]
+    things = frame.instance > 0
+    classes = set(np.unique(frame.labels[things]).tolist())
+    assert len(classes) >= 2
+    rng = np.random.default_rng(0)
+    seen: set[int] = set()
+    for _ in range(60):
+        pts, keep = augment_sector(frame.points, frame.labels, frame.instance, rng, FitConfig(crop_deg=20.0,
+                                                                                      crop_centre="object"))
+        assert np.allclose(np.linalg.norm(pts[:, :2], axis=1), np.linalg.norm(frame.points[:, :2], axis=1), atol=1e-3)
+        assert 0 < keep.mean() < 0.2
+        assert things[keep].any()  # the sector is centred on an object point
+        seen |= set(np.unique(frame.labels[keep & things]).tolist())
+    assert seen == classes  # classes are drawn uniformly, not by point count
+    _, keep = augment_sector(frame.points, frame.labels, frame.instance, rng, FitConfig(crop_deg=360.0))
+    assert keep.all()
+    with pytest.raises(ValueError, match="crop_centre"):
+        FitConfig(crop_centre="car").validate()
 
 
 def test_infonce_is_minimal_when_each_segment_matches_its_target() -> None:
