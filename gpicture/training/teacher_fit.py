@@ -27,8 +27,8 @@ Inputs follow the teacher's convention exactly (``gpicture.teacher.voxels``), so
 weights run unchanged in ``gpicture teacher``. Augmentation as SLidR's cloud transforms:
 rotation about z and a flip; each step sees ``crop_deg`` degrees of azimuth of
 ``frames_per_step`` pool frames, centred on an object of a class drawn uniformly
-(``crop_centre: object``) or at random. CPU budget: a step over a 45 degree sector takes
-0.8 s on 2 cores, a 90 degree one 1.4 s, a full frame 3.5 s; how far the features get
+(``crop_centre: object``) or at random. CPU budget (``benchmarks/bench_teacher_fit.py``, 2 cores):
+a step over a 45 degree sector takes 1.1 s, a 90 degree one 1.4 s, a full frame 2.9 s; how far the features get
 depends on the number of steps more than on the points per step (closing note of issue 18).
 """
 
@@ -125,7 +125,7 @@ def segment_targets(keys: np.ndarray, classes: np.ndarray, targets: Targets, per
 
 
 def augment_sector(points: np.ndarray, labels: np.ndarray, instance: np.ndarray, rng: np.random.Generator,
-             cfg: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+                   cfg: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Rotate about z, maybe flip y; keep an azimuth sector of ``crop_deg``: from a random start, or
     (``crop_centre: object``) centred on a random point of an object class drawn uniformly among
     the frame's object classes, so that rare classes are seen as often as cars. Returns
@@ -140,8 +140,8 @@ def augment_sector(points: np.ndarray, labels: np.ndarray, instance: np.ndarray,
         return pts, np.ones(len(pts), bool)
     az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
     start = rng.uniform(-180.0, 180.0)
-    things = np.flatnonzero((instance > 0) & (labels > 0))
-    if cfg.crop_centre == "object" and len(things):
+    things = np.flatnonzero((instance > 0) & (labels > 0)) if cfg.crop_centre == "object" else np.empty(0, np.int64)
+    if len(things):
         cls = rng.choice(np.unique(labels[things]))
         members = things[labels[things] == cls]
         start = az[members[rng.integers(len(members))]] - cfg.crop_deg / 2
