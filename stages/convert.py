@@ -31,8 +31,8 @@ def _fail(err: Console, exc: Exception) -> None:
 
 def convert(
     dataset: Dataset = typer.Argument(..., help="Raw dataset format."),
-    split: str = typer.Option(..., help="Split: a pipeline name from params (train, val) or the dataset's own "
-                                        "(mini_train, val, training, validation, ...)."),
+    split: str = typer.Option(..., help="Split: a pipeline name from params (pretrain, train, val) or the dataset's "
+                                        "own (mini_train, val, training, validation, ...)."),
     out: Path = typer.Option(..., help="Store to write (<dataset>/<split>.zarr)."),
     root: Path | None = typer.Option(None, help="Raw data root (params: convert.<dataset>.root)."),
     version: str | None = typer.Option(None, help="nuScenes version folder under the root, e.g. v1.0-trainval "
@@ -45,6 +45,11 @@ def convert(
         help="Skip frames without LiDAR returns (stripped or camera-only records), counted in the log and the store "
              "attrs, instead of stopping (params: convert.skip_empty_frames). A store left with no frame is refused "
              "by every later stage."),
+    labels: bool | None = typer.Option(
+        None, "--labels/--no-labels",
+        help="Read and store the annotations; --no-labels writes an unlabelled store (no box, point label or "
+             "occupancy array; none is read from the source). Params: the split's `labels` in "
+             "convert.<dataset>.splits (pretrain: labels false)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
@@ -56,14 +61,18 @@ def convert(
         sec = {**load_section(params, "convert", dataset.value),
                **((top.get("profiles") or {}).get(profile, {}).get(dataset.value) or {})}
         params_version = str(sec.get("version", "v1.0-mini"))
-        version = version or params_version
         # The params' pipeline split names (train, val -> mini_train, mini_val) belong to the params'
         # version; another version (--version v1.0-trainval) takes the devkit's own names as they are.
-        names = sec.get("splits", {}) if version == params_version else {}
+        names = sec.get("splits", {}) if version in (None, params_version) else {}
+        # A pipeline split is the dataset's split name, or {split, root, version, labels}: a split
+        # of its own raw root (pretrain: the unlabelled pool) and whether its annotations are read.
+        entry = names.get(split, split)
+        entry = entry if isinstance(entry, dict) else {"split": entry}
+        version = version or str(entry.get("version", params_version))
         cfg = ConvertConfig(
             dataset=dataset.value,
-            root=root if root is not None else Path(sec["root"]),
-            split=str(names.get(split, split)),
+            root=root if root is not None else Path(entry.get("root", sec["root"])),
+            split=str(entry.get("split", split)),
             grid=VoxelGrid(tuple(sec["point_cloud_range"]), tuple(sec["voxel_size"])),
             sweeps=sweeps if sweeps is not None else int(sec.get("sweeps", 1)),
             version=version,
@@ -71,10 +80,11 @@ def convert(
             shard=parse_shard(shard),
             skip_empty_frames=(skip_empty_frames if skip_empty_frames is not None
                                else bool(top.get("skip_empty_frames", False))),
+            labels=labels if labels is not None else bool(entry.get("labels", True)),
         )
     except (ParamsError, ValueError, KeyError) as exc:
         _fail(err, exc)
-    with _progress(f"convert {dataset.value} {cfg.split}", err) as bar:
+    with _progress(f"convert {dataset.value} {cfg.split}" + ("" if cfg.labels else " (unlabelled)"), err) as bar:
         task = bar.add_task("frames", total=None)
         try:
             summary = convert_split(cfg, out, force=force,

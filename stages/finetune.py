@@ -38,6 +38,9 @@ def finetune(
     store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/train.zarr)."),
     out: Path | None = typer.Option(None, help="Output folder (default: models/<task>/<dataset>)."),
     epochs: int | None = typer.Option(None, help="Override finetune.<task>.epochs."),
+    seed: int | None = typer.Option(None, help="The fine-tuning seed (params: finetune.seed): it draws the labelled "
+                                               "subset of --label-fraction, the head's init, the data order and the "
+                                               "augmentation."),
     resume: bool = typer.Option(True, help="Continue from <out>/checkpoint.pt when present."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
@@ -51,7 +54,7 @@ def finetune(
         profile, prof = model_profile(params, dataset)
         common = load_section(params, "finetune")
         sec = with_profile(load_section(params, "finetune", task.value), profile, dataset)
-        sec.setdefault("seed", common.get("seed", 0))
+        sec["seed"] = int(seed if seed is not None else sec.get("seed", common.get("seed", 0)))
         cfg = TrainConfig.from_params(sec, epochs)
         settings = impl.settings(sec, spec)
         init_path = resolve_init(str(init or common.get("init", "pretrained")), dataset)

@@ -21,8 +21,9 @@ def _blocks(value: int | list[int]) -> tuple[int, ...]:
 
 def pretrain(
     dataset: str = typer.Option(..., help="nuscenes or waymo."),
-    store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/train.zarr)."),
-    teacher: Path | None = typer.Option(None, help="Teacher store (default: data/teacher/<dataset>/train.zarr)."),
+    store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/<split>.zarr, "
+                                                 "pretrain.split of the params: the unlabelled pretrain split)."),
+    teacher: Path | None = typer.Option(None, help="Teacher store (default: data/teacher/<dataset>/<split>.zarr)."),
     out: Path | None = typer.Option(None, help="Output folder (default: models/pretrain/<dataset>)."),
     epochs: int | None = typer.Option(None, help="Override pretrain.epochs."),
     resume: bool = typer.Option(True, help="Continue from <out>/checkpoint.pt when present."),
@@ -48,8 +49,9 @@ def pretrain(
     except (ParamsError, KeyError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    store = store or Path(f"data/zarr/{dataset}/train.zarr")
-    teacher = teacher or Path(f"data/teacher/{dataset}/train.zarr")
+    split = str(sec.get("split", "pretrain"))
+    store = store or Path(f"data/zarr/{dataset}/{split}.zarr")
+    teacher = teacher or Path(f"data/teacher/{dataset}/{split}.zarr")
     out = out or Path(f"models/pretrain/{dataset}")
     dist = setup_distributed()
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from enum import Enum
 from pathlib import Path
 
@@ -10,7 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gpicture.params import ParamsError, load_section
-from gpicture.synth.generate import SynthConfig, SynthError, generate_nuscenes, generate_waymo
+from gpicture.synth.generate import (
+    SynthConfig,
+    SynthError,
+    generate_nuscenes,
+    generate_nuscenes_pretrain,
+    generate_waymo,
+    generate_waymo_pretrain,
+)
 
 
 class Dataset(str, Enum):
@@ -20,7 +29,11 @@ class Dataset(str, Enum):
 
 def synth(
     dataset: Dataset = typer.Argument(..., help="Which dataset format to write."),
-    out: Path | None = typer.Option(None, help="Output folder (params: synth.<dataset>.out)."),
+    out: Path | None = typer.Option(None, help="Output folder (params: synth.<dataset>.out, with --pretrain "
+                                               "synth.pretrain.<dataset>.out)."),
+    pretrain: bool = typer.Option(False, "--pretrain", help="Write the dataset's pre-training pool instead: "
+                                  "synth.pretrain.<dataset>.scenes more scenes (segments) of their own seed stream, "
+                                  "in their own root, converted as the unlabelled `pretrain` split."),
     scenes: int | None = typer.Option(None, help="Scenes (nuScenes) / segments (Waymo)."),
     frames: int | None = typer.Option(None, help="Keyframes per scene (nuScenes, 2 Hz) / frames per segment (Waymo, 10 Hz)."),
     seed: int | None = typer.Option(None, help="Random seed (params: synth.seed)."),
@@ -34,11 +47,12 @@ def synth(
     try:
         top = load_section(params, "synth")
         sec = load_section(params, "synth", dataset.value)
+        pool = load_section(params, "synth", "pretrain", dataset.value) if pretrain else {}
     except ParamsError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    cfg = SynthConfig(
-        scenes=scenes if scenes is not None else int(sec["scenes"]),
+    labelled = SynthConfig(
+        scenes=int(sec["scenes"]),
         frames=frames if frames is not None else int(sec["frames"]),
         seed=seed if seed is not None else int(top.get("seed", 0)),
         val_fraction=float(sec.get("val_fraction", 0.25)),
@@ -50,10 +64,17 @@ def synth(
         workers=workers if workers is not None else int(top.get("workers", 1)),
         version=str(sec.get("version", "v1.0-mini")),
     )
-    out = out if out is not None else Path(sec["out"])
-    generate = generate_nuscenes if dataset is Dataset.nuscenes else generate_waymo
-    with Progress(TextColumn(f"synth {dataset.value}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    what = pool if pretrain else sec  # the pool inherits everything but its size and root from the dataset's
+    cfg = replace(labelled, scenes=scenes if scenes is not None else int(what["scenes"]))
+    out = out if out is not None else Path(what["out"])
+    if pretrain:  # the nuScenes pool's names stay clear of the labelled dataset's (params: synth.<dataset>)
+        generate = (partial(generate_nuscenes_pretrain, labelled=labelled) if dataset is Dataset.nuscenes
+                    else generate_waymo_pretrain)
+    else:
+        generate = generate_nuscenes if dataset is Dataset.nuscenes else generate_waymo
+    label = f"synth {dataset.value}" + (" pretrain" if pretrain else "")
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
         task = bar.add_task("scenes", total=cfg.scenes)
         try:
             summary = generate(cfg, out, force=force, progress=lambda done, total: bar.update(task, completed=done))

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from gpicture.models.dsvt import DSVTConfig, DSVTEncoder
+from gpicture.models.dsvt.layers import SetAttentionLayer
 from gpicture.models.dsvt.partition import assign_windows, partition_sets
 from gpicture.models.student import Student, StudentConfig
 from gpicture.models.vfe import DynamicVFE
@@ -93,6 +94,47 @@ def test_pooling_maps_voxels_to_their_cells() -> None:
     assert bev.shape == (2, 32, 36, 40)
     c = out.coords[5].long()
     torch.testing.assert_close(bev[c[0], :, c[2], c[3]], out.features[5])
+
+
+@pytest.mark.parametrize("set_size", [4, 36])
+def test_per_voxel_set_attention_equals_the_multihead_module_on_the_slots(set_size) -> None:
+    """The projections per voxel (not per set slot) give nn.MultiheadAttention's outputs and
+    gradients on the gathered slots, with repeats masked and each voxel written back once."""
+    torch.manual_seed(3)
+    coords = random_coords(700)
+    part = partition_sets(assign_windows(coords, SHAPE, (12, 12, 8), (6, 6, 0)), (12, 12, 8), set_size, "x")
+    layer = SetAttentionLayer(32, 4, 64).train()
+    x = torch.randn(len(coords), 32, requires_grad=True)
+    q_in = x + torch.randn(len(coords), 32)
+    fast, ref = layer.set_attention(x, q_in, part), layer.attention_reference(x, q_in, part)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+    assert fast.abs().sum(1).gt(0).all()  # every voxel got its update
+    g_fast = torch.autograd.grad(fast.square().sum(), [x, layer.attn.in_proj_weight, layer.attn.out_proj.weight])
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, layer.attn.in_proj_weight, layer.attn.out_proj.weight])
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_restricted_to_output_rows_equals_the_full_pass_there() -> None:
+    """``out_rows`` (the pre-training decoder's masked voxels) computes the last layer on the
+    sets and rows that matter only: the same features and gradients at those rows."""
+    torch.manual_seed(4)
+    cfg = DSVTConfig(sparse_shape=SHAPE, d_model=32, nhead=4, dim_feedforward=48, set_size=8,
+                     window_shapes=((12, 12, 8),), blocks=(1,), z_strides=())
+    enc = DSVTEncoder(cfg).train()
+    coords = random_coords(900)
+    x = torch.randn(len(coords), 32, requires_grad=True)
+    rows = torch.rand(len(coords)) < 0.1
+    full = enc(x, coords).features
+    part = enc(x, coords, out_rows=rows).features
+    torch.testing.assert_close(part[rows], full[rows], atol=1e-5, rtol=1e-4)
+    g_full = torch.autograd.grad(full[rows].square().sum(), [x, *enc.parameters()], allow_unused=True)
+    g_part = torch.autograd.grad(part[rows].square().sum(), [x, *enc.parameters()], allow_unused=True)
+    for a, b in zip(g_part, g_full, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_every_parameter_gets_a_gradient() -> None:

@@ -26,6 +26,8 @@ def _tiny_params(params: dict) -> dict:
     s = params["synth"]
     s["nuscenes"].update(scenes=3, frames=2, sweeps_before=1, occupancy=True)
     s["waymo"].update(scenes=2, frames=2, label_every=1)
+    s["pretrain"]["nuscenes"]["scenes"] = 2   # the unlabelled pools: 4 and 2 frames beside 2 train frames
+    s["pretrain"]["waymo"]["scenes"] = 1
     for d in ("nuscenes", "waymo"):
         params["model"]["profiles"]["small"][d].update(TINY_MODEL)
     params["teacher"]["batch_frames"] = 2
@@ -34,7 +36,7 @@ def _tiny_params(params: dict) -> dict:
     params["pretrain"].update(epochs=3)
     for task in ("detection", "segmentation", "occupancy"):
         params["finetune"][task]["epochs"] = 1
-    params["study"]["fractions"] = {"gpicture": [0.5], "scratch": [1.0]}  # every study stage kind, fewer rows
+    params["study"].update(fractions=[0.5], seeds=[0], claim_fraction=0.5)  # every study stage kind, fewer runs
     return params
 
 
@@ -107,14 +109,17 @@ def test_dvc_repro_runs_every_stage_then_nothing_and_exp_run_reruns_only_pretrai
     direct = _stages_run(_run(["dvc", "repro", "--dry"], root, env)) | {"pretrain@nuscenes"}
     assert {"pretrain@waymo", "pretrain_ablation"} <= direct, sorted(direct)  # the new alpha: their params changed
     edges = re.findall(r'"([^"]+)" -> "([^"]+)"', _run(["dvc", "dag", "--dot"], root, env))
+    for d in ("nuscenes", "waymo"):  # pre-training reads the unlabelled pretrain split, never the labelled train one
+        assert {(f"synth_pretrain@{d}", f"convert_{d}@pretrain"), (f"teacher@{d}-pretrain", f"pretrain@{d}")} <= set(edges)
+        assert (f"convert_{d}@train", f"pretrain@{d}") not in edges
     reran = set(direct)
     while True:  # every descendant of a changed stage re-runs after it
         more = {b for a, b in edges if a in reran} - reran
         if not more:
             break
         reran |= more
-    untouched = {s for s in stages if s.startswith(("synth@", "convert_", "teacher_fit@", "teacher@", "teacher_probe@",
-                                                    "study_scratch@"))}
+    untouched = {s for s in stages if s.startswith(("synth@", "synth_pretrain@", "convert_", "teacher_fit@", "teacher@",
+                                                    "teacher_probe@", "study_scratch@"))}
     assert not reran & untouched, sorted(reran & untouched)
     assert {"study_report", "figures@nuscenes", "cka@nuscenes", "cka@waymo"} <= reran, sorted(reran)
     assert {s for s in stages if s.startswith(("finetune@", "evaluate@", "study_gpicture@", "study_noteacher@"))} \

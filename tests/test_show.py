@@ -400,24 +400,40 @@ def test_library_refuses_a_teacher_of_another_store_and_out_of_range_frames(worl
 
 
 def test_study_figure_has_a_panel_per_task_and_a_line_per_init(tmp_path) -> None:
-    from gpicture.viz.study import plot_study, study_figure
+    import dataclasses
 
-    rows = [{"task": t, "metric": m, "init": i, "label_fraction": f, "value": v + (0.1 if i == "gpicture" else 0)}
-            for t, m in (("detection", "mAP"), ("segmentation", "mIoU"))
-            for i in ("gpicture", "scratch") for f, v in ((0.2, 0.3), (0.5, 0.5), (1.0, 0.6))]
-    rows.append({**rows[0], "value": rows[0]["value"] + 0.02})  # a second seed of one point
-    pic = study_figure(rows)
+    from gpicture.viz.study import (
+        CurveRun,
+        StudyPoint,
+        plot_study,
+        plot_study_curves,
+        study_figure,
+    )
+
+    points = [StudyPoint(t, m, i, f, v + (10 if i == "GPICTURE" else 0), 1.0 if f < 1 else 0.0, 2, 2)
+              for t, m in (("detection", "mAP (%)"), ("segmentation", "mIoU (%)"))
+              for i in ("GPICTURE", "scratch") for f, v in ((0.2, 30.0), (0.5, 50.0), (1.0, 60.0))]
+    points[3] = dataclasses.replace(points[3], mean=None, spread=None, seeds=0)   # scratch 20 %: missing
+    points[1] = dataclasses.replace(points[1], seeds=1)                           # GPICTURE 50 %: one seed of 2
+    pic = study_figure(points)
     axes = [a for a in pic.figure.axes if a.get_title()]
     assert [a.get_title() for a in axes] == ["detection", "segmentation"]
-    assert axes[0].get_ylabel() == "mAP"
-    lines = {c.get_label(): c.lines[0] for c in axes[0].containers}
-    assert set(lines) == {"gpicture", "scratch"}
-    np.testing.assert_allclose(lines["gpicture"].get_xdata(), [20, 50, 100])
-    np.testing.assert_allclose(lines["gpicture"].get_ydata(), [0.41, 0.6, 0.7])  # seeds averaged
-    np.testing.assert_allclose(lines["scratch"].get_ydata(), [0.3, 0.5, 0.6])
-    assert plot_study(rows, tmp_path / "s.png").stat().st_size > 1000
+    assert axes[0].get_ylabel() == "mAP (%)"
+    bars = {c.get_label(): c for c in axes[0].containers}
+    assert set(bars) == {"GPICTURE", "scratch"}
+    np.testing.assert_allclose(bars["GPICTURE"].lines[0].get_xdata(), [20, 50, 100])
+    np.testing.assert_allclose(bars["GPICTURE"].lines[0].get_ydata(), [40, 60, 70])
+    np.testing.assert_allclose(bars["scratch"].lines[0].get_xdata(), [50, 100])   # the missing point is not drawn
+    caps = np.concatenate([c.get_ydata() for c in bars["GPICTURE"].lines[1]])     # error bars: mean ± spread
+    np.testing.assert_allclose(sorted(caps), [39, 41, 59, 61, 70, 70])
+    notes = " ".join(t.get_text() for t in axes[0].texts)
+    assert "missing: scratch 20%" in notes and "partial: GPICTURE 50% (1/2 seeds)" in notes
+    assert plot_study(points, tmp_path / "s.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="label_fraction"):
-        study_figure([{**rows[0], "label_fraction": 0}])
+        study_figure([dataclasses.replace(points[0], fraction=0)])
+    runs = [CurveRun("detection", i, 0.5, s, (0.0, 1.0, 2.0), (3.0, 2.0, 1.5 + s)) for i in ("GPICTURE", "scratch")
+            for s in (0, 1)] + [CurveRun("detection", "scratch", 1.0, 0, (), ())]
+    assert plot_study_curves(runs, tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_curves_from_dvclive_metrics(tmp_path) -> None:

@@ -4,6 +4,11 @@ Frames are read and voxelized in parallel worker processes, appended in source
 order, and the store is moved into place only when complete. ``shard=(i, n)``
 converts the i-th of n contiguous blocks of frames, so a large split can be spread
 over machines and the shards joined with :func:`merge_stores`.
+
+``labels=False`` converts an *unlabelled* split (the ``pretrain`` split): the readers read no
+annotation (boxes, lidarseg, segmentation labels, occupancy), the store has no label array
+and says so (attrs ``labels: false``), and the nuScenes source fingerprint leaves the
+annotation tables out, so relabelling the source changes nothing in the store.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class ConvertConfig:
     workers: int = 1
     shard: tuple[int, int] = (0, 1)  # (index, count)
     skip_empty_frames: bool = False  # skip (and count) frames without LiDAR returns instead of stopping
+    labels: bool = True  # False: an unlabelled split, no annotation read or stored (the module docstring)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -82,6 +88,9 @@ def _fields(frame: Any, derived: bool = True) -> dict[str, Any]:
 # Waymo protos, which `gpicture convert` of the other dataset (and the CLI's start) does without.
 
 _WORKER: dict[str, Any] = {}
+# The nuScenes tables that hold annotations (an unlabelled split's fingerprint leaves them out).
+NUSCENES_ANNOTATION_TABLES = ("sample_annotation", "instance", "category", "attribute", "visibility",
+                              "lidarseg", "panoptic")
 
 
 def _init_nuscenes_worker(root: str, version: str) -> None:
@@ -90,18 +99,18 @@ def _init_nuscenes_worker(root: str, version: str) -> None:
     _WORKER["nusc"] = open_nuscenes(Path(root), version)
 
 
-def _load_nuscenes(args: tuple[str, int, VoxelGrid]) -> EncodedFrame:
+def _load_nuscenes(args: tuple[str, int, VoxelGrid, bool]) -> EncodedFrame:
     from gpicture.data.nuscenes_reader import read_sample  # lazy: the nuScenes devkit
 
-    token, sweeps, grid = args
-    return encode_frame(read_sample(_WORKER["nusc"], token, sweeps), grid)
+    token, sweeps, grid, labels = args
+    return encode_frame(read_sample(_WORKER["nusc"], token, sweeps, labels=labels), grid)
 
 
-def _load_waymo(args: tuple[str, int, VoxelGrid]) -> EncodedFrame:
+def _load_waymo(args: tuple[str, int, VoxelGrid, bool]) -> EncodedFrame:
     from gpicture.data.waymo.reader import read_frame  # lazy: the Waymo protos
 
-    path, index, grid = args
-    return encode_frame(read_frame(Path(path), index), grid)
+    path, index, grid, labels = args
+    return encode_frame(read_frame(Path(path), index, labels=labels), grid)
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,9 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         nusc = open_nuscenes(cfg.root, cfg.version)
         tokens = split_sample_tokens(nusc, cfg.split)
         for table in sorted((cfg.root / cfg.version).glob("*.json")):
-            _file_digest(table, h, head=1 << 30)
-        refs = [(t, cfg.sweeps, cfg.grid) for t in tokens]
+            if cfg.labels or table.stem not in NUSCENES_ANNOTATION_TABLES:
+                _file_digest(table, h, head=1 << 30)
+        refs = [(t, cfg.sweeps, cfg.grid, cfg.labels) for t in tokens]
         attrs = {"classes": list(spec.raw_classes), "version": cfg.version, "sweeps": cfg.sweeps,
                  "sweeps_between_keyframes": any(not sd["is_key_frame"] for sd in nusc.sample_data
                                                  if sd["channel"] == "LIDAR_TOP")}
@@ -161,14 +171,14 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         files = segment_files(cfg.root, cfg.split)
         for f in files:
             _file_digest(f, h)
-        refs = [(str(p), i, cfg.grid) for p, i in frame_refs(files)]
+        refs = [(str(p), i, cfg.grid, cfg.labels) for p, i in frame_refs(files)]
         attrs = {"classes": list(spec.raw_classes), "sweeps": 1}
         init, init_args = None, ()
         loader = _load_waymo
     else:
         raise ValueError(f"dataset {spec.name!r}: no reader")
     attrs.update({
-        "dataset": cfg.dataset, "split": cfg.split, "source_root": str(cfg.root),
+        "dataset": cfg.dataset, "split": cfg.split, "labels": cfg.labels, "source_root": str(cfg.root),
         "point_cloud_range": list(cfg.grid.point_cloud_range), "voxel_size": list(cfg.grid.voxel_size),
         "grid_shape_zyx": list(cfg.grid.shape_zyx), "source_fingerprint": h.hexdigest(),
         "frames_in_source": len(refs), "box_classes": list(spec.box_types), "feature_names": list(spec.point_features),
@@ -217,7 +227,7 @@ def convert(cfg: ConvertConfig, out: Path, force: bool = False,
     load = functools.partial(_load_or_skip, loader, cfg.skip_empty_frames)
     skipped: list[str] = []
     sweeps_read: list[int] = []
-    with StoreWriter(out, attrs, attrs["feature_names"], attrs["box_classes"], force=force) as w:
+    with StoreWriter(out, attrs, attrs["feature_names"], attrs["box_classes"], force=force, labels=cfg.labels) as w:
         for k, frame in enumerate(_iter_frames(refs, load, init, init_args, cfg.workers)):
             if isinstance(frame, Skipped):
                 skipped.append(frame.reason)
@@ -254,7 +264,7 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False,
     if not stores:
         raise StoreError("merge: no shard stores given")
     keys = ("dataset", "split", "point_cloud_range", "voxel_size", "source_fingerprint", "feature_names",
-            "box_classes", "sweeps")
+            "box_classes", "sweeps", "labels")
     ref = stores[0].attrs
     for s in stores[1:]:
         bad = [k for k in keys if s.attrs.get(k) != ref.get(k)]
@@ -275,7 +285,8 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False,
         attrs["sweeps_read"] = {"min": min(r["min"] for _, r in read), "max": max(r["max"] for _, r in read),
                                 "mean": sum(n * r["mean"] for n, r in read) / sum(n for n, _ in read)}
     done = 0
-    with StoreWriter(out, attrs, list(ref["feature_names"]), list(ref["box_classes"]), force=force) as w:
+    with StoreWriter(out, attrs, list(ref["feature_names"]), list(ref["box_classes"]), force=force,
+                     labels=stores[0].labelled) as w:
         for s in stores:
             for i in range(len(s)):
                 w.append(EncodedFrame(**_fields(s[i])))

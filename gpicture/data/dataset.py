@@ -10,15 +10,19 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from gpicture.data.store import StoreFrame, VoxelStore
+from gpicture.data.store import StoreError, StoreFrame, VoxelStore
 
 
 class VoxelStoreDataset(Dataset):
-    """Frames of a voxel store as :class:`StoreFrame` objects (numpy arrays)."""
+    """Frames of a labelled voxel store as :class:`StoreFrame` objects (numpy arrays), for
+    the supervised tasks: an unlabelled store (the ``pretrain`` split) is refused."""
 
     def __init__(self, path: str | Path, frames: list[int] | None = None) -> None:
         self.path = Path(path)
         store = VoxelStore.open(self.path)  # validate now, in the parent, with a clear error
+        if not store.labelled:
+            raise StoreError(f"{self.path}: an unlabelled store (converted without labels, as the pretrain split): "
+                             "a task needs a labelled split (train, val)")
         self.feature_names = store.feature_names
         self.frames = list(range(len(store))) if frames is None else list(frames)
         self._store: VoxelStore | None = None

@@ -6,14 +6,15 @@ metres per second. ``pose`` maps that frame into the dataset's global frame.
 
 ``RawFrame`` has one attribute per field of :data:`gpicture.data.schema.FIELDS` that
 the readers fill (all but the voxelization), and ``extra`` (reader notes such as
-``dropped_nonfinite``).
+``dropped_nonfinite``). A frame read without labels (``labels=False``) has None in every
+label field (the schema's ``label`` flag).
 """
 
 from __future__ import annotations
 
 from dataclasses import field
 
-from gpicture.data.schema import BOX, FIELDS, POINT, frame_type
+from gpicture.data.schema import BOX, FIELDS, POINT, frame_type, rows
 
 
 class EmptyFrameError(ValueError):
@@ -30,10 +31,14 @@ def _validate(self: RawFrame, source: str) -> None:
     for name, arr in self.features.items():
         if len(arr) != n:
             raise ValueError(f"{source}: feature {name!r} has {len(arr)} values for {n} points")
-    m = len(self.boxes)
+    m = rows(self, BOX)  # 0 in an unlabelled frame (every label field None)
     for f in _READ:
         value = getattr(self, f.name)
-        if f.level is POINT and f.name not in ("points", "features") and value is not None and len(value) != n:
+        if value is None:
+            if not (f.optional or f.label):
+                raise ValueError(f"{source}: no {f.name}")
+            continue
+        if f.level is POINT and f.name not in ("points", "features") and len(value) != n:
             raise ValueError(f"{source}: {f.name} has {len(value)} rows for {n} points")
         if f.level is BOX and len(value) != m:
             raise ValueError(f"{source}: {f.name} has {len(value)} rows for {m} boxes")

@@ -11,6 +11,10 @@ Boxes are those of ``nusc.get_sample_data(lidar_token)`` (the keyframe's annotat
 LiDAR frame); velocities are ``nusc.box_velocity`` rotated into that frame (the devkit's
 ``get_sample_data`` leaves them NaN).
 
+``read_sample(..., labels=False)`` (an unlabelled split) reads no annotation: no lidarseg or
+occupancy file is opened, no ``sample_annotation`` record taken (the devkit still loads the
+tables); every label field is None.
+
 ``RawFrame.extra``: ``dropped_nonfinite`` (points dropped for non-finite x, y or z, over all
 sweeps read), ``lidar_token`` (the keyframe's LIDAR_TOP sample_data token), ``sweeps_read``
 (fewer than asked near the start of a scene, as in the devkit).
@@ -30,6 +34,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from gpicture.data.frame import EmptyFrameError, RawFrame
+from gpicture.data.schema import BOX, level_fields
 from gpicture.data.spec import UNLABELLED
 from gpicture.geometry import quat_mul
 
@@ -213,9 +218,10 @@ def occupancy_path(nusc: NuScenes, sample: dict) -> Path:
             / f"{sample['data'][LIDAR]}.npy")
 
 
-def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
+def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = True) -> RawFrame:
     """The keyframe ``sample_token``: LIDAR_TOP points of it and its ``sweeps - 1`` previous sweeps
-    in its LiDAR frame, with lidarseg labels, boxes and occupancy (see the module docstring)."""
+    in its LiDAR frame, with lidarseg labels, boxes and occupancy unless ``labels`` is False
+    (see the module docstring)."""
     if sweeps < 1:
         raise ValueError(f"sweeps = {sweeps}: at least 1 (the keyframe)")
     root = Path(nusc.dataroot)
@@ -247,17 +253,17 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
     hom = np.empty((biggest, 4), dtype=np.float64)
     hom[:, 3] = 1.0
     moved = np.empty((biggest, 3), dtype=np.float64)
-    labels = None
+    key_labels = None  # the keyframe's lidarseg labels of the points kept
     dropped = 0
     n = 0
     for i, (sd, path, count) in enumerate(zip(chain, paths, counts)):
         scan = _read_bin_into(path, scan_buf[:count])
         keep, nonfinite = _keep_mask(scan)
         dropped += int(np.count_nonzero(nonfinite))
-        if i == 0:
+        if i == 0 and labels:
             raw_labels = _lidarseg_labels(nusc, sd_token, count)
             if raw_labels is not None:
-                labels = raw_labels[keep]
+                key_labels = raw_labels[keep]
         kept = _compress_rows(scan, keep)
         k = len(kept)
         if i == 0 and k == 0:
@@ -276,9 +282,9 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
         n += k
     points, intensity, ring, time_lag = points[:n], intensity[:n], ring[:n], time_lag[:n]
     seg = None
-    if labels is not None:
+    if key_labels is not None:
         seg = np.full(n, UNLABELLED, dtype=np.uint8)
-        seg[: len(labels)] = labels
+        seg[: len(key_labels)] = key_labels
 
     global_from_lidar = _matrix(ref_pose, inverse=False) @ _matrix(ref_cs, inverse=False)
     lidar_from_global = ref_from_car @ car_from_global
@@ -287,7 +293,7 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
 
     occ_path = occupancy_path(nusc, sample)
     occupancy = None
-    if occ_path.is_file():
+    if labels and occ_path.is_file():
         occupancy = np.load(occ_path)
         if occupancy.ndim != 2 or occupancy.shape[1] != 4:
             raise ValueError(f"{occ_path}: occupancy of shape {occupancy.shape}, expected (K, 4) z, y, x, label")
@@ -308,7 +314,8 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int) -> RawFrame:
         seg_labels=seg,
         occupancy=occupancy,
         extra={"dropped_nonfinite": dropped, "lidar_token": sd_token, "sweeps_read": len(chain)},
-        **_boxes(nusc, sample, lidar_from_global, q_lidar_from_global),
+        **(_boxes(nusc, sample, lidar_from_global, q_lidar_from_global) if labels
+           else {f.name: None for f in level_fields(BOX)}),
     )
     frame.validate(f"nuScenes sample {sample_token}")
     return frame

@@ -20,6 +20,10 @@ Layout (a Zarr v3 group; every array chunked along its first axis, Blosc/zstd)::
     boxes/class int16 (M,)         index into attrs["box_classes"]
     boxes/num_points int32 (M,)    boxes/id uint8 (M, 64)     boxes/difficulty int8 (M,)
     occupancy/rows int16 (K, 4)    z, y, x, label (only when the source has occupancy)
+
+The ``label`` fields (point labels, boxes, occupancy) are what a person annotated. An
+*unlabelled* store (attrs ``labels: false``, e.g. the ``pretrain`` split) has none of their
+arrays: its converter never reads them from the source, and its frames hold None there.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class Field:
     present: str | None = None
     derived: bool = False
     lazy: bool = False
+    label: bool = False  # annotated by a person: absent from an unlabelled store
 
     @property
     def annotation(self) -> str:
@@ -127,22 +132,27 @@ FIELDS: tuple[Field, ...] = (
     Field("point_voxel", "points/voxel", POINT, "int32", derived=True,
           doc="(N,) int32 index into voxel_coords, -1 outside the range"),
     Field("seg_labels", "points/seg", POINT, "uint8", optional=True, fill=UNLABELLED, present="has_seg_labels",
-          doc="(N,) uint8 raw dataset classes, 255 = unlabelled; None: no labels in this frame"),
+          label=True, doc="(N,) uint8 raw dataset classes, 255 = unlabelled; None: no labels in this frame"),
     # per voxel
     Field("voxel_coords", "voxels/coords", VOXEL, "int32", (3,), derived=True, doc="(V, 3) int32 z, y, x"),
     # per box
-    Field("boxes", "boxes/box", BOX, "float32", (7,), doc="(M, 7) float32 x, y, z, l, w, h, yaw"),
+    Field("boxes", "boxes/box", BOX, "float32", (7,), label=True, doc="(M, 7) float32 x, y, z, l, w, h, yaw"),
     Field("box_names", "boxes/class", BOX, "int16", codec=Codec.CLASS,
-          doc="(M,) str raw category names ('vehicle.car', 'TYPE_VEHICLE', ...)"),
-    Field("box_velocity", "boxes/velocity", BOX, "float32", (2,), doc="(M, 2) float32 vx, vy (NaN where unknown)"),
-    Field("box_num_points", "boxes/num_points", BOX, "int32", doc="(M,) int32 lidar points in the box, as the source states"),
-    Field("box_ids", "boxes/id", BOX, "str", codec=Codec.STRING, doc="(M,) str instance / track id, stable over a scene"),
-    Field("box_difficulty", "boxes/difficulty", BOX, "int8", doc="(M,) int8 Waymo detection difficulty (1, 2); 0 where not given"),
+          label=True, doc="(M,) str raw category names ('vehicle.car', 'TYPE_VEHICLE', ...)"),
+    Field("box_velocity", "boxes/velocity", BOX, "float32", (2,), label=True,
+          doc="(M, 2) float32 vx, vy (NaN where unknown)"),
+    Field("box_num_points", "boxes/num_points", BOX, "int32", label=True,
+          doc="(M,) int32 lidar points in the box, as the source states"),
+    Field("box_ids", "boxes/id", BOX, "str", codec=Codec.STRING, label=True,
+          doc="(M,) str instance / track id, stable over a scene"),
+    Field("box_difficulty", "boxes/difficulty", BOX, "int8", label=True,
+          doc="(M,) int8 Waymo detection difficulty (1, 2); 0 where not given"),
     # per occupancy row
     Field("occupancy", "occupancy/rows", OCC, "int16", (4,), optional=True, present="has_occupancy", lazy=True,
-          doc="(K, 4) int16 rows z, y, x, label (OpenOccupancy grid); None: absent"),
+          label=True, doc="(K, 4) int16 rows z, y, x, label (OpenOccupancy grid); None: absent"),
 )
 FIELD = {f.name: f for f in FIELDS}
+LABEL_FIELDS = tuple(f for f in FIELDS if f.label)
 
 
 def level_fields(level: Level) -> tuple[Field, ...]:

@@ -5,9 +5,10 @@ is drawn in that module's docstring); the frame types, the writer and the reader
 follow that table.
 
 Attributes: schema version, dataset, split, classes, point-cloud range, voxel size,
-sweeps, feature names, the source fingerprint, and ``complete`` (set last: a store
-without it was interrupted and is refused). Stores are written under a temporary
-name and moved into place when complete.
+sweeps, feature names, the source fingerprint, ``labels`` (false: an unlabelled store,
+without any label array), and ``complete`` (set last: a store without it was interrupted
+and is refused). Stores are written under a temporary name and moved into place when
+complete.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class VoxelStore:
         self.path = Path(path)
         self._g = group
         self.attrs: dict[str, Any] = dict(group.attrs)
+        self.labelled = bool(self.attrs.get("labels", True))  # false: no label array (schema LABEL_FIELDS)
         fr = group["frames"]
         self._ptr = {lv.ptr: np.asarray(fr[f"{lv.ptr}_ptr"][:]) for lv in ROW_LEVELS}
         self._frame_values: dict[str, np.ndarray] = {}  # the frame table, read whole
@@ -183,6 +185,8 @@ class VoxelStore:
     def frame_boxes(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(boxes (M, 7), names (M,), velocity (M, 2), num_points (M,)) of frame i, without
         reading its points (evaluation over a whole split touches only the box rows)."""
+        if not self.labelled:
+            raise StoreError(f"{self.path}: an unlabelled store (converted without labels) has no boxes")
         return tuple(self._field(n, i) for n in ("boxes", "box_names", "box_velocity", "box_num_points"))
 
     def box_difficulty(self, i: int) -> np.ndarray:
@@ -217,6 +221,11 @@ class VoxelStore:
             raise KeyError(f"{self.path}: no frame {frame_id!r}") from None
 
     def __getitem__(self, i: int) -> StoreFrame:
+        return self.frame(i)
+
+    def frame(self, i: int, labels: bool = True) -> StoreFrame:
+        """Frame i; ``labels=False`` leaves every label field None without reading its rows
+        (what pre-training and the teacher cache read: points, features, voxels, poses)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"{self.path}: frame index {i} out of range for {n} frames")
@@ -226,7 +235,7 @@ class VoxelStore:
             v = self._frame_values[f.name][i]
             values[f.name] = v.item() if isinstance(v, np.generic) else v
         for f in _ROW_FIELDS:
-            read, ptr = self._read[f.name], self._ptr[f.level.ptr]
+            read, ptr = self._read[f.name] if labels or not f.label else None, self._ptr[f.level.ptr]
             if f.lazy:
                 values[f"{f.name}_reader"] = None if read is None else functools.partial(read, ptr[i], ptr[i + 1])
             else:
@@ -243,7 +252,7 @@ class StoreWriter:
     """
 
     def __init__(self, out: Path, attrs: dict[str, Any], feature_names: list[str], box_classes: list[str],
-                 force: bool = False, flush_points: int = 1 << 21) -> None:
+                 force: bool = False, flush_points: int = 1 << 21, labels: bool = True) -> None:
         self.out = Path(out)
         if self.out.exists() and not force:
             raise StoreError(f"{self.out}: output exists (use --force to replace it)")
@@ -252,6 +261,7 @@ class StoreWriter:
         except OSError as exc:
             raise StoreError(f"{self.out}: cannot write there ({exc.strerror or exc})") from exc
         self.force = force
+        self.labels = labels  # False: an unlabelled store, no label array (frames must hold none)
         self.attrs = dict(attrs)
         self.feature_names = list(feature_names)
         self.box_classes = list(box_classes)
@@ -266,7 +276,7 @@ class StoreWriter:
         self._a: dict[str, zarr.Array] = {}
         # An optional field's array is created when the first frame that has values arrives
         # (earlier frames are back-filled), so a split without any has none.
-        self._present = {f.name: not f.optional for f in _ROW_FIELDS}
+        self._present = {f.name: not f.optional and (labels or not f.label) for f in _ROW_FIELDS}
         for f in _ROW_FIELDS:
             if self._present[f.name]:
                 self._create(f)
@@ -304,6 +314,9 @@ class StoreWriter:
             if not self._present[f.name]:
                 if all(getattr(fr, f.name) is None for fr in fs):
                     continue
+                if f.label and not self.labels:
+                    bad = next(fr for fr in fs if getattr(fr, f.name) is not None)
+                    raise StoreError(f"frame {bad.frame_id}: {f.name} given to an unlabelled store")
                 self._present[f.name] = True
                 self._create(f)
                 n = sum(self._counts[f.level.ptr])
@@ -368,6 +381,7 @@ class StoreWriter:
             **self.attrs,
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
+            "labels": self.labels,
             "feature_names": self.feature_names,
             "box_classes": self.box_classes,
             **{f.present: self._present[f.name] for f in _ROW_FIELDS if f.present},

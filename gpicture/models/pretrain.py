@@ -116,7 +116,8 @@ class GPicturePretrainer(nn.Module):
         layer_id = torch.arange(n_layers, device=coords.device).repeat_interleave(v)
         dec_coords = coords.repeat(n_layers, 1)
         dec_coords[:, 0] = dec_coords[:, 0] + (layer_id * b).int()
-        decoded = self.decoder(stacked, dec_coords).features.view(n_layers, v, -1)[:, masked]  # (L, M, d)
+        wanted = mask.repeat(n_layers)  # the loss reads the masked voxels of every layer's copy only
+        decoded = self.decoder(stacked, dec_coords, out_rows=wanted).features.view(n_layers, v, -1)[:, masked]  # (L, M, d)
         true = batch.true_points[masked]
         count = batch.true_count[masked]
         tmask = batch.teacher_valid[masked]

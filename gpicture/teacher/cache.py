@@ -202,7 +202,7 @@ def build_teacher_store(source_path: Path, out: Path, teacher: SealTeacher, cfg:
     done_now = 0
     for b0 in range(start, n, cfg.batch_frames):
         b1 = min(b0 + cfg.batch_frames, n)
-        frames = [source[i] for i in range(b0, b1)]
+        frames = [source.frame(i, labels=False) for i in range(b0, b1)]  # the teacher sees no label
         feats = frame_batch_features(teacher, frames, cfg)
         v0, v1 = source.voxel_range(b0)[0], source.voxel_range(b1 - 1)[1]
         block = np.concatenate([f for f, _ in feats]) if feats else np.zeros((0, DIM), np.float32)

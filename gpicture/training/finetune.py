@@ -105,7 +105,9 @@ class FinetuneRun:
 
 
 def label_subset(n: int, fraction: float, seed: int) -> list[int]:
-    """A seeded subset of round(fraction * n) of n items (at least one), in order."""
+    """A seeded subset of round(fraction * n) of n items (at least one), in order. For one seed
+    the subsets of growing fractions are nested (the first k of one seeded permutation); another
+    seed draws another subset (fraction 1: all items, whatever the seed)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--label-fraction must be in (0, 1], got {fraction}")
     k = max(1, round(fraction * n))
@@ -143,15 +145,20 @@ def load_pretrained_student(student: Student, path: Path) -> dict[str, list[str]
 
 
 def init_student(student: Student, init: Path | None, out_dir: Path, label_fraction: float, frames: int,
-                 write: bool = True) -> dict[str, Any]:
+                 write: bool = True, seed: int | None = None, frame_indices: list[int] | None = None) -> dict[str, Any]:
     """Initialise ``student`` from ``init`` (None: from scratch, as constructed) and write
-    ``out_dir/init_report.json`` (when ``write``: the main process). Returns the report."""
+    ``out_dir/init_report.json`` (when ``write``: the main process), with the run's ``seed`` and
+    the store indices of its labelled frames when given. Returns the report."""
     if init is None:
         report = {"loaded": [], "missing": "all (from scratch)", "unexpected": []}
     else:
         report = load_pretrained_student(student, init)
     summary = {"init": str(init) if init else "scratch", "label_fraction": label_fraction, "frames": frames,
                "loaded": len(report["loaded"]), "missing": report["missing"], "unexpected": report["unexpected"]}
+    if seed is not None:
+        summary["seed"] = seed
+    if frame_indices is not None:
+        summary["frame_indices"] = list(frame_indices)
     if write:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +194,12 @@ def finetune(task: FinetuneTask[ConfigT, HeadT, ModelT, Any, Any], settings: Con
              run: FinetuneRun) -> dict[str, float]:
     """Fine-tune ``task``'s model on ``run.label_fraction`` of the labelled frames of ``run.store``;
     writes ``model.pt``, ``init_report.json``, ``checkpoint.pt`` and dvclive logs in
-    ``run.out_dir`` and returns the last epoch's mean losses."""
+    ``run.out_dir`` and returns the last epoch's mean losses.
+
+    ``run.train.seed`` drives every random choice of the run: the labelled subset
+    (:func:`label_subset`), the initialisation of whatever the pre-trained student does not
+    provide (the head; everything from scratch), the data order and the augmentation. The
+    label-efficiency study's seeds therefore vary both the subset and the training."""
     spec, seed = run.spec, run.train.seed
     src = VoxelStore.open(run.store)
     if src.attrs["dataset"] != spec.name:
@@ -199,7 +211,8 @@ def finetune(task: FinetuneTask[ConfigT, HeadT, ModelT, Any, Any], settings: Con
     head = settings.head
     model = task.build(spec, run.model_params, src.attrs, head)
     out_dir = Path(run.out_dir)
-    init_student(model.student, run.init, out_dir, run.label_fraction, len(frames), write=run.dist.is_main)
+    init_student(model.student, run.init, out_dir, run.label_fraction, len(frames), write=run.dist.is_main, seed=seed,
+                 frame_indices=frames)
     key = run_key(task=task.name, dataset=spec.name, model_params=run.model_params, store=src.fingerprint,
                   init=None if run.init is None else file_sha256(run.init), label_fraction=run.label_fraction,
                   settings=str(settings))

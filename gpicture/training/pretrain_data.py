@@ -1,6 +1,10 @@
 """Pre-training batches (:class:`gpicture.models.pretrain.PretrainBatch`): a voxel store
 joined with its teacher store.
 
+Self-supervised: no label is read. The frames come from ``VoxelStore.frame(k, labels=False)``,
+which never touches a label array, so a labelled store pre-trains exactly as its unlabelled
+conversion does (the pipeline pre-trains on the unlabelled ``pretrain`` split).
+
 Per voxel the batch carries the teacher target (64-d, with a validity flag: voxels
 without teacher points have none) and up to ``max_points`` true points relative to
 the voxel centre, in metres (the reconstruction targets, as the original GPICTURE).
@@ -45,7 +49,7 @@ class PretrainDataset(Dataset):
             self._teacher = TeacherStore.open(self.teacher_path)
         k = self.frames[i]
         feats, valid = self._teacher.frame(k)
-        return self._store[k], feats, valid
+        return self._store.frame(k, labels=False), feats, valid
 
 
 def collate_pretrain(items: list, feature_names: list[str], voxel_size: tuple[float, float, float],

@@ -3,7 +3,7 @@
 Seal learnt from the nuScenes training scenes with images; the stand-in learns from
 scenes of the same procedural world, simulated in memory from their own seed stream
 (``scene_seed(seed, POOL_TAG, k)``, a key no pipeline scene is drawn from: those use the
-dataset name) and named ``teacher-pool-<seed>-<k>`` (no official scene name, so no
+dataset name, the pre-training pools ``<dataset>-pretrain``) and named ``teacher-pool-<seed>-<k>`` (no official scene name, so no
 token the devkit writer derives from a name can coincide). Only keyframes are cast,
 without sweeps or occupancy. Labels come from the simulator (the surface each ray hit);
 they stand for what the vision foundation model knows in Seal, and are used by

@@ -14,6 +14,9 @@ its first return, for both returns). Concatenated in this order::
 
 i.e. by ``LaserName`` value (as the official function, which sorts the calibrations by
 name, whatever the order in the record), first return before second return.
+
+``read_frame(..., labels=False)`` (an unlabelled split) decodes no segmentation label and no
+laser label: every label field of the frame is None.
 """
 
 from __future__ import annotations
@@ -112,8 +115,8 @@ def _decode(where: str, what: str, decoder, data: bytes) -> np.ndarray:
         raise ValueError(f"{where}: cannot decode {what} ({e})") from e
 
 
-def read_frame(path: Path, index: int) -> RawFrame:
-    """Decode record ``index`` of the segment at ``path``.
+def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
+    """Decode record ``index`` of the segment at ``path`` (without its labels if ``labels`` is False).
 
     Returns:
         A ``RawFrame`` in the vehicle frame: ``points`` (N, 3) float32 of all lidars and
@@ -191,6 +194,8 @@ def read_frame(path: Path, index: int) -> RawFrame:
             feats["nlz"].append(pixels[:, 3])
             feats["return_index"].append(np.full(n, return_index, dtype=np.float32))
             feats["laser"].append(np.full(n, laser.name, dtype=np.float32))
+            if not labels:
+                continue
             if ri.segmentation_label_compressed:
                 has_seg = True
                 seg = _decode(where, f"{what} segmentation labels", decode_matrix_int32,
@@ -227,7 +232,7 @@ def read_frame(path: Path, index: int) -> RawFrame:
         if dropped:
             seg_labels = seg_labels[finite]
 
-    boxes, names, velocity, num_points, ids, difficulty = _boxes(frame.laser_labels)
+    boxes, names, velocity, num_points, ids, difficulty = _boxes(frame.laser_labels) if labels else (None,) * 6
     out = RawFrame(
         frame_id=f"{frame.context.name}/{frame.timestamp_micros}",
         scene=frame.context.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpicture.models.dsvt.partition import SetPartition
@@ -38,18 +39,64 @@ class SetAttentionLayer(nn.Module):
                                  nn.Linear(dim_feedforward, d_model))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, part: SetPartition, rel_pos: Tensor) -> Tensor:
-        """``x`` (V, d) voxel features; ``rel_pos`` (V, 3) window-relative coordinates in [-0.5, 0.5]."""
-        pos = self.pos(rel_pos)
-        xs, ps = x[part.voxel], pos[part.voxel]  # (T, S, d)
-        q = xs + ps
-        out, _ = self.attn(q, q, xs, key_padding_mask=part.pad_mask, need_weights=False)
-        first = part.first
-        upd = torch.zeros_like(x).index_copy(0, part.voxel[first], out[first])  # each voxel written once
+    def forward(self, x: Tensor, part: SetPartition, rel_pos: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``x`` (V, d) voxel features; ``rel_pos`` (V, 3) window-relative coordinates in [-0.5, 0.5].
+
+        The attention is ``nn.MultiheadAttention``'s (its parameters, so checkpoints load
+        unchanged) computed per voxel where it is per token: the query/key/value projections
+        run on the V voxels before they are gathered into the T x S set slots (a slot repeats
+        a voxel of its window, T x S is 1.2-2.4 x V on the small profile's stages), and the
+        output projection runs on each voxel's first slot only — the rows the write-back keeps.
+        ``attention_reference`` is the module call it replaces (tests compare the two).
+
+        ``rows`` (V,) bool, optional: only those voxels' outputs are wanted (a decoder's last
+        layer, whose loss reads the masked voxels only). Attention then runs over the sets that
+        write one of them back, the feed-forward block over those rows; the result equals the
+        full layer's at ``rows`` and is the input ``x`` elsewhere."""
+        pos = self.pos(rel_pos)  # every voxel: keys need it, and BatchNorm's statistics stay the full layer's
+        if rows is None:
+            return self._finish(x, self.set_attention(x, x + pos, part))
+        sel = (part.first & rows[part.voxel]).any(1)
+        sub = SetPartition(voxel=part.voxel[sel], pad_mask=part.pad_mask[sel],
+                           first=part.first[sel] & rows[part.voxel[sel]], set_window=part.set_window[sel])
+        idx = rows.nonzero()[:, 0]
+        out = self.set_attention(x, x + pos, sub)
+        return x.index_copy(0, idx, self._finish(x[idx], out[idx]))
+
+    def _finish(self, x: Tensor, attended: Tensor) -> Tensor:
+        """Residual + LayerNorm, feed-forward + LayerNorm, outer residual + LayerNorm (per row)."""
         identity = x
-        x = self.norm1(x + self.drop(upd))
+        x = self.norm1(x + self.drop(attended))
         x = self.norm2(x + self.drop(self.ffn(x)))
         return self.norm_out(identity + x)
+
+    def set_attention(self, x: Tensor, q_in: Tensor, part: SetPartition) -> Tensor:
+        """Multi-head attention inside every set, written back to the voxels (V, d): query and
+        key from ``q_in`` (features + position), value from ``x``; repeated slots are masked
+        as keys, each voxel takes the output of its first slot."""
+        attn = self.attn
+        d, h = x.shape[1], attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        qk = F.linear(q_in, w[:2 * d], b[:2 * d])  # (V, 2d) per voxel, not per slot
+        v = F.linear(x, w[2 * d:], b[2 * d:])
+        t, s = part.voxel.shape
+        heads = lambda a: a[part.voxel].view(t, s, h, d // h).transpose(1, 2)  # noqa: E731  (T, h, S, d/h)
+        q, k = heads(qk[:, :d]), heads(qk[:, d:])
+        keep = ~part.pad_mask[:, None, None, :]  # (T, 1, 1, S): attend to the first copy of each voxel only
+        o = F.scaled_dot_product_attention(q, k, heads(v), attn_mask=keep,
+                                           dropout_p=attn.dropout if self.training else 0.0)
+        o = o.transpose(1, 2).reshape(t * s, d)
+        first = part.first.reshape(-1)
+        rows = attn.out_proj(o[first])  # one row per voxel
+        return torch.zeros_like(x).index_copy(0, part.voxel.reshape(-1)[first], rows)
+
+    def attention_reference(self, x: Tensor, q_in: Tensor, part: SetPartition) -> Tensor:
+        """The same attention through ``nn.MultiheadAttention`` on the gathered slots (the
+        previous implementation; kept for the equivalence test and the benchmark's baseline)."""
+        xs, qs = x[part.voxel], q_in[part.voxel]  # (T, S, d)
+        out, _ = self.attn(qs, qs, xs, key_padding_mask=part.pad_mask, need_weights=False)
+        first = part.first
+        return torch.zeros_like(x).index_copy(0, part.voxel[first], out[first])
 
 
 class ZPooling(nn.Module):

@@ -114,8 +114,14 @@ class DSVTEncoder(nn.Module):
                         _rel_pos(a.in_win, window)))
         return out
 
-    def forward(self, features: Tensor, coords: Tensor) -> DSVTOutput:
+    def forward(self, features: Tensor, coords: Tensor, out_rows: Tensor | None = None) -> DSVTOutput:
+        """``out_rows`` (V,) bool, optional: only these voxels' final features are wanted (the
+        pre-training decoder reads the masked voxels only); the last layer then computes them
+        alone (``SetAttentionLayer``'s ``rows``) and its output elsewhere is its input. The rows
+        are the last stage's voxels (the input voxels when no stage pools, as in the decoder)."""
         cfg = self.cfg
+        n_total = sum(len(layers) for layers in self.stages)
+        done = 0
         x, c, shape = features, coords, cfg.sparse_shape
         to_input = torch.arange(len(x), device=x.device)
         acts: list[Tensor] = []
@@ -129,7 +135,8 @@ class DSVTEncoder(nn.Module):
                 x = layers[i](x, px, rel)
                 acts.append(x)
                 maps.append(to_input)
-                x = layers[i + 1](x, py, rel)
+                done += 2
+                x = layers[i + 1](x, py, rel, rows=out_rows if done == n_total else None)
                 acts.append(x)
                 maps.append(to_input)
             if s < len(self.pools) and isinstance(self.pools[s], ZPooling):

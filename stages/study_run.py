@@ -1,0 +1,126 @@
+"""`gpicture study-run`: every run of one (task, initialisation) of the label-efficiency study.
+
+The study (params ``study``) fine-tunes each task from each initialisation on every label
+fraction with every seed, then scores it on val with the official metric. One DVC stage
+per (init, task) runs its fractions x seeds here, ``study.jobs`` at a time in worker
+processes of one thread each: on the 2-core CPU two single-thread fine-tunes get more done
+than one fine-tune on two threads (small sparse kernels scale poorly across threads), and
+one process per stage pays the imports (torch, spconv, the devkit: ~7 s) once per worker
+instead of twice per run. Each run is exactly ``gpicture finetune`` + ``gpicture evaluate``
+(the same functions), writing
+
+    models/study/<task>/<init>/<fraction>-s<seed>/   model.pt, init_report.json, dvclive/, eval/
+    metrics/study/<task>/<init>/<fraction>-s<seed>.json
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+
+from gpicture.params import ParamsError, load_section
+from gpicture.study import StudySpec, run_metrics_path, run_path
+from gpicture.tasks.base import TaskName
+from stages.evaluate import evaluate
+from stages.finetune import finetune
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """One fine-tune + evaluation of the study."""
+
+    task: str
+    dataset: str
+    init: str  # what `gpicture finetune --init` takes: scratch or a student.pt path
+    fraction: float
+    seed: int
+    run_dir: Path
+    metrics: Path
+    params: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.task} {self.run_dir.parent.name} {self.run_dir.name}"
+
+
+def plan(spec: StudySpec, task: str, init_name: str, init: str, params: Path,
+         runs: Path = Path("models/study"), metrics: Path = Path("metrics/study")) -> list[StudyJob]:
+    """The jobs of one (task, init), largest label fraction first (the longest runs start
+    first, so the workers finish together)."""
+    jobs = [StudyJob(task, spec.dataset, init, fraction, seed, run_path(runs, task, init_name, fraction, seed),
+                     run_metrics_path(metrics, task, init_name, fraction, seed), params)
+            for fraction in spec.fractions for seed in spec.seeds]
+    return sorted(jobs, key=lambda j: -float(j.fraction))
+
+
+def _worker_init() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch  # noqa: PLC0415  (third-party; threads are set per worker process)
+
+    torch.set_num_threads(1)
+
+
+def run_job(job: StudyJob) -> float:
+    """Fine-tune and evaluate one run (in a worker); returns its seconds. The stage functions
+    report their own errors and exit; that exit becomes a RuntimeError naming the run."""
+    t = time.perf_counter()
+    try:
+        finetune(task=TaskName(job.task), dataset=job.dataset, init=job.init, label_fraction=float(job.fraction),
+                 store=None, out=job.run_dir, epochs=None, seed=job.seed, resume=False, params=job.params)
+        evaluate(task=TaskName(job.task), dataset=job.dataset, model=job.run_dir / "model.pt", predictions=None,
+                 store=None, out=job.metrics, report_dir=job.run_dir / "eval", baseline=None, train_store=None,
+                 raw_root=None, params=job.params)
+    except click.exceptions.Exit as exc:
+        raise RuntimeError(f"study run {job.name} failed (exit {exc.exit_code}); its error is above") from None
+    (job.run_dir / "checkpoint.pt").unlink(missing_ok=True)  # written by this run for resuming; not an output
+    return time.perf_counter() - t
+
+
+def study_run(
+    task: TaskName = typer.Option(..., help="The downstream task."),
+    init: str = typer.Option(..., help="The initialisation: a name of params study.inits (gpicture, noteacher, scratch)."),
+    jobs: int | None = typer.Option(None, help="Runs at a time, one thread each (params: study.jobs)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The params file (section study: the planned runs)."),
+) -> None:
+    """Fine-tune and evaluate every label fraction x seed of one (task, init) of the study."""
+    err = Console(stderr=True)
+    try:
+        sec = load_section(params, "study")
+        spec = StudySpec.from_params(sec)
+        inits = dict(sec["inits"])
+        if init not in inits:
+            raise ValueError(f"study.inits has no {init!r} (has {', '.join(inits)})")
+        if task.value not in spec.tasks:
+            raise ValueError(f"study.tasks has no {task.value!r}")
+        n_jobs = int(jobs if jobs is not None else sec.get("jobs", 1))
+        if n_jobs < 1:
+            raise ValueError(f"study.jobs must be >= 1, got {n_jobs}")
+        if str(inits[init]) != "scratch" and not Path(inits[init]).is_file():
+            raise ValueError(f"study.inits.{init}: {inits[init]} is not there (run its pre-training stage first)")
+    except (ParamsError, KeyError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    todo = plan(spec, task.value, init, str(inits[init]), params)
+    err.print(f"study {task.value} / {init}: {len(todo)} runs, {n_jobs} at a time")
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(run_job, j): j for j in todo}
+        for k, f in enumerate(as_completed(futures), 1):
+            if f.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                err.print(f"[red]error:[/red] {f.exception()}", soft_wrap=True)
+                raise typer.Exit(2)
+            err.print(f"study {k}/{len(todo)} done: {futures[f].name} in {f.result():.0f} s "
+                      f"({time.perf_counter() - t0:.0f} s so far)")
+    Console().print(f"wrote models/study/{task.value}/{init} and metrics/study/{task.value}/{init}: "
+                    f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", soft_wrap=True)
