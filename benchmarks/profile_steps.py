@@ -34,8 +34,8 @@ BATCH = 2
 FINETUNE = {"detection": DetectionTask, "segmentation": SegmentationTask, "occupancy": OccupancyTask}
 
 
-def finetune_setup(name: str, dataset: str, params: dict, n: int):
-    """(batches, step function) of a fine-tuning task on the train store."""
+def finetune_setup(name: str, dataset: str, params: dict, n: int, batch: int = BATCH):
+    """(batches, step function) of a fine-tuning task on the train store, ``batch`` frames each."""
     prof = params["model"]["profiles"]["small"][dataset]
     spec, task = dataset_spec(dataset), FINETUNE[name]()
     store = REPO / "data" / "zarr" / dataset / "train.zarr"
@@ -43,13 +43,13 @@ def finetune_setup(name: str, dataset: str, params: dict, n: int):
     frames = task.labelled_frames(VoxelStore.open(store), spec)
     ds = task.dataset(store, spec, list(prof["point_features"]), frames, cfg, 0)
     t = time.perf_counter()
-    batches = [task.collate([ds[(BATCH * i + j) % len(ds)] for j in range(BATCH)]) for i in range(n)]
-    data_ms = (time.perf_counter() - t) * 1000 / (n * BATCH)
+    batches = [task.collate([ds[(batch * i + j) % len(ds)] for j in range(batch)]) for i in range(n)]
+    data_ms = (time.perf_counter() - t) * 1000 / (n * batch)
     model = task.build(spec, prof, ds.attrs, cfg.head).train()
     return batches, data_ms, model, functools.partial(task.loss, model)
 
 
-def pretrain_setup(dataset: str, params: dict, n: int):
+def pretrain_setup(dataset: str, params: dict, n: int, batch: int = BATCH):
     prof = params["model"]["profiles"]["small"][dataset]
     sec = params["pretrain"]
     ds = PretrainDataset(REPO / "data" / "zarr" / dataset / "train.zarr", REPO / "data" / "teacher" / dataset / "train.zarr")
@@ -60,8 +60,8 @@ def pretrain_setup(dataset: str, params: dict, n: int):
                                 point_cloud_range=tuple(ds.attrs["point_cloud_range"]),
                                 max_points=int(sec["heads"]["true_points"]))
     t = time.perf_counter()
-    batches = [collate([ds[(BATCH * i + j) % len(ds)] for j in range(BATCH)]) for i in range(n)]
-    data_ms = (time.perf_counter() - t) * 1000 / (n * BATCH)
+    batches = [collate([ds[(batch * i + j) % len(ds)] for j in range(batch)]) for i in range(n)]
+    data_ms = (time.perf_counter() - t) * 1000 / (n * batch)
     m = sec["mask"]
     mask_cfg = MaskConfig(int(m["n_clusters"]), tuple(m["n_partition"]), float(m["lambda_threshold"]),
                           tuple(m["base_ratio"]))

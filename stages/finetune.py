@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from gpicture.tasks.base import EvaluatedTask, TaskName
 from gpicture.tasks.detection.task import DetectionTask
 from gpicture.tasks.occupancy import OccupancyTask
 from gpicture.tasks.segmentation import SegmentationTask
-from gpicture.training.engine import TrainConfig, setup_distributed
+from gpicture.training.engine import DistInfo, TrainConfig
 from gpicture.training.finetune import FinetuneRun, resolve_init
 from gpicture.training.finetune import finetune as run_finetune
+from gpicture.training.launch import launch
 
 
 def task_for(name: TaskName, score_threshold: float = 0.1) -> EvaluatedTask:
@@ -38,14 +40,17 @@ def finetune(
     store: Path | None = typer.Option(None, help="Voxel store (default: data/zarr/<dataset>/train.zarr)."),
     out: Path | None = typer.Option(None, help="Output folder (default: models/<task>/<dataset>)."),
     epochs: int | None = typer.Option(None, help="Override finetune.<task>.epochs."),
+    batch_size: int | None = typer.Option(None, help="Override finetune.<task>.batch_size (frames per process)."),
     seed: int | None = typer.Option(None, help="The fine-tuning seed (params: finetune.seed): it draws the labelled "
                                                "subset of --label-fraction, the head's init, the data order and the "
                                                "augmentation."),
     resume: bool = typer.Option(True, help="Continue from <out>/checkpoint.pt when present."),
+    procs: int | None = typer.Option(None, help="Data-parallel processes, one thread each (params: finetune.procs; "
+                                                "batch_size is per process)."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Fine-tune a pre-trained (or scratch) student with a task head on labelled frames.
-    For several processes: torchrun --nproc_per_node N $(which gpicture) finetune ..."""
+    Several processes: --procs N on one machine, or torchrun --nproc_per_node N $(which gpicture) finetune ..."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     err = Console(stderr=True)
     impl = task_for(task)
@@ -55,21 +60,29 @@ def finetune(
         common = load_section(params, "finetune")
         sec = with_profile(load_section(params, "finetune", task.value), profile, dataset)
         sec["seed"] = int(seed if seed is not None else sec.get("seed", common.get("seed", 0)))
+        if batch_size is not None:
+            sec["batch_size"] = int(batch_size)
         cfg = TrainConfig.from_params(sec, epochs)
         settings = impl.settings(sec, spec)
         init_path = resolve_init(str(init or common.get("init", "pretrained")), dataset)
         fraction = float(label_fraction if label_fraction is not None else common.get("label_fraction", 1.0))
         store = store or Path(f"data/zarr/{dataset}/train.zarr")
         out = out or Path(f"models/{task.value}/{dataset}")
+        n_procs = int(procs if procs is not None else sec.get("procs", common.get("procs", 1)))
     except (ParamsError, KeyError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    dist = setup_distributed()
+    run = FinetuneRun(spec, prof, store, out, cfg, DistInfo(), init_path, fraction, resume=resume)
     try:
-        metrics = run_finetune(impl, settings, FinetuneRun(spec, prof, store, out, cfg, dist, init_path, fraction,
-                                                           resume=resume))
+        metrics = launch(finetune_rank, (impl, settings, run), n_procs)
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    if dist.is_main:
+    if metrics is not None:  # None on the ranks > 0 of a torchrun launch
         Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), soft_wrap=True)
+
+
+def finetune_rank(dist: DistInfo, impl: EvaluatedTask, settings, run: FinetuneRun) -> dict[str, float] | None:
+    """One process's part of a fine-tune (gpicture.training.launch): rank 0 returns the metrics."""
+    metrics = run_finetune(impl, settings, dataclasses.replace(run, dist=dist))
+    return metrics if dist.is_main else None

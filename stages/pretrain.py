@@ -10,7 +10,8 @@ import yaml
 from rich.console import Console
 
 from gpicture.params import ParamsError, load_section, model_profile, with_profile
-from gpicture.training.engine import TrainConfig, setup_distributed
+from gpicture.training.engine import DistInfo, TrainConfig
+from gpicture.training.launch import launch
 from gpicture.training.pretrain import DGPLConfig, MaskConfig, run_pretrain
 
 
@@ -30,10 +31,12 @@ def pretrain(
     teacher_targets: bool | None = typer.Option(None, help="Reconstruct the teacher features (params: "
                                                            "pretrain.teacher_targets); --no-teacher-targets is the "
                                                            "ablation with point targets only."),
+    procs: int | None = typer.Option(None, help="Data-parallel processes, one thread each (params: pretrain.procs; "
+                                                "batch_size is per process)."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Pre-train the student with I²Mask, CKA-guided hierarchical reconstruction and DGPL.
-    For several processes: torchrun --nproc_per_node N $(which gpicture) pretrain ..."""
+    Several processes: --procs N on one machine, or torchrun --nproc_per_node N $(which gpicture) pretrain ..."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     err = Console(stderr=True)
     try:
@@ -53,16 +56,21 @@ def pretrain(
     store = store or Path(f"data/zarr/{dataset}/{split}.zarr")
     teacher = teacher or Path(f"data/teacher/{dataset}/{split}.zarr")
     out = out or Path(f"models/pretrain/{dataset}")
-    dist = setup_distributed()
+    kwargs = dict(true_points=int(sec["heads"]["true_points"]), pred_points=int(sec["heads"]["pred_points"]),
+                  decoder_blocks=_blocks(sec["decoder_blocks"]), resume=resume,
+                  frame_fraction=float(sec.get("frame_fraction", 1.0)),
+                  teacher_targets=bool(sec.get("teacher_targets", True) if teacher_targets is None else teacher_targets))
     try:
-        metrics = run_pretrain(prof, store, teacher, out, cfg, tuple(alpha), mask, dgpl, dist,
-                               true_points=int(sec["heads"]["true_points"]), pred_points=int(sec["heads"]["pred_points"]),
-                               decoder_blocks=_blocks(sec["decoder_blocks"]), resume=resume,
-                               frame_fraction=float(sec.get("frame_fraction", 1.0)),
-                               teacher_targets=bool(sec.get("teacher_targets", True) if teacher_targets is None
-                                                    else teacher_targets))
+        metrics = launch(pretrain_rank, (prof, store, teacher, out, cfg, tuple(alpha), mask, dgpl, kwargs),
+                         int(procs if procs is not None else sec.get("procs", 1)))
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    if dist.is_main:
+    if metrics is not None:  # None on the ranks > 0 of a torchrun launch
         Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), soft_wrap=True)
+
+
+def pretrain_rank(dist: DistInfo, prof, store, teacher, out, cfg, alpha, mask, dgpl, kwargs) -> dict[str, float] | None:
+    """One process's part of pre-training (gpicture.training.launch): rank 0 returns the metrics."""
+    metrics = run_pretrain(prof, store, teacher, out, cfg, alpha, mask, dgpl, dist, **kwargs)
+    return metrics if dist.is_main else None

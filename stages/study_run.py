@@ -42,6 +42,8 @@ class StudyJob:
     init: str  # what `gpicture finetune --init` takes: scratch or a student.pt path
     fraction: float
     seed: int
+    epochs: int | None  # params study.epochs.<task>; None: finetune.<task>.epochs
+    batch_size: int  # frames a step in the run's one process: the main fine-tune's procs x batch_size
     run_dir: Path
     metrics: Path
     params: Path
@@ -51,11 +53,11 @@ class StudyJob:
         return f"{self.task} {self.run_dir.parent.name} {self.run_dir.name}"
 
 
-def plan(spec: StudySpec, task: str, init_name: str, init: str, params: Path,
-         runs: Path = Path("models/study"), metrics: Path = Path("metrics/study")) -> list[StudyJob]:
+def plan(spec: StudySpec, task: str, init_name: str, init: str, params: Path, epochs: int | None = None,
+         batch_size: int = 2, runs: Path = Path("models/study"), metrics: Path = Path("metrics/study")) -> list[StudyJob]:
     """The jobs of one (task, init), largest label fraction first (the longest runs start
     first, so the workers finish together)."""
-    jobs = [StudyJob(task, spec.dataset, init, fraction, seed, run_path(runs, task, init_name, fraction, seed),
+    jobs = [StudyJob(task, spec.dataset, init, fraction, seed, epochs, batch_size, run_path(runs, task, init_name, fraction, seed),
                      run_metrics_path(metrics, task, init_name, fraction, seed), params)
             for fraction in spec.fractions for seed in spec.seeds]
     return sorted(jobs, key=lambda j: -float(j.fraction))
@@ -74,7 +76,9 @@ def run_job(job: StudyJob) -> float:
     t = time.perf_counter()
     try:
         finetune(task=TaskName(job.task), dataset=job.dataset, init=job.init, label_fraction=float(job.fraction),
-                 store=None, out=job.run_dir, epochs=None, seed=job.seed, resume=False, params=job.params)
+                 store=None, out=job.run_dir, epochs=job.epochs, batch_size=job.batch_size,
+                 seed=job.seed, resume=False, procs=1,
+                 params=job.params)
         evaluate(task=TaskName(job.task), dataset=job.dataset, model=job.run_dir / "model.pt", predictions=None,
                  store=None, out=job.metrics, report_dir=job.run_dir / "eval", baseline=None, train_store=None,
                  raw_root=None, params=job.params)
@@ -101,6 +105,10 @@ def study_run(
         if task.value not in spec.tasks:
             raise ValueError(f"study.tasks has no {task.value!r}")
         n_jobs = int(jobs if jobs is not None else sec.get("jobs", 1))
+        epochs = (sec.get("epochs") or {}).get(task.value)
+        epochs = int(epochs) if epochs is not None else None
+        ft = load_section(params, "finetune")  # the main fine-tune's frames a step, in one process here
+        batch = int(ft[task.value]["batch_size"]) * int(ft[task.value].get("procs", ft.get("procs", 1)))
         if n_jobs < 1:
             raise ValueError(f"study.jobs must be >= 1, got {n_jobs}")
         if str(inits[init]) != "scratch" and not Path(inits[init]).is_file():
@@ -108,7 +116,7 @@ def study_run(
     except (ParamsError, KeyError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    todo = plan(spec, task.value, init, str(inits[init]), params)
+    todo = plan(spec, task.value, init, str(inits[init]), params, epochs, batch)
     err.print(f"study {task.value} / {init}: {len(todo)} runs, {n_jobs} at a time")
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools

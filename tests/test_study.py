@@ -294,3 +294,18 @@ def test_study_run_fine_tunes_and_scores_every_fraction_and_seed(tmp_path, monke
             assert not (run / "checkpoint.pt").exists()
     r = CliRunner().invoke(app, ["study-run", "--task", "segmentation", "--init", "noteacher", "--params", "params.yaml"])
     assert r.exit_code == 2 and "study.inits.noteacher" in r.output and "is not there" in r.output
+
+
+def test_finetune_with_two_data_parallel_processes(store, tmp_path) -> None:
+    """`gpicture finetune --procs 2`: two single-thread DDP processes (gpicture.training.launch)
+    train one model; rank 0 writes it and its curves, with the epoch's frames/s."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"]["profiles"]["small"]["nuscenes"].update(TINY)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = CliRunner().invoke(app, ["finetune", "--task", "segmentation", "--dataset", "nuscenes", "--init", "scratch",
+                                 "--store", str(store), "--out", str(tmp_path / "o"), "--epochs", "1", "--procs", "2",
+                                 "--params", str(tmp_path / "params.yaml")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "model.pt").is_file()
+    live = json.loads((tmp_path / "o" / "dvclive" / "metrics.json").read_text())
+    assert live["frames_per_s"] > 0 and live["loss"] > 0

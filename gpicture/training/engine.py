@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,6 +188,7 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
         epoch_state = hooks.epoch_start(epoch) if hooks is not None else {}
         ddp.train()
         sums: dict[str, float] = {}
+        t_epoch = time.perf_counter()
         for i, batch in enumerate(loader):
             ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + i, epoch_state=epoch_state, device=dist.device)
             with torch.autocast(device_type="cuda", enabled=use_amp):
@@ -204,6 +206,8 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
             if bar is not None:
                 bar.update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f}")
         last = {k: v / max(steps_per_epoch, 1) for k, v in sums.items()}
+        # training frames per second of the epoch's loop, all processes together (data, steps; not the hooks)
+        last["frames_per_s"] = len(sampler) * dist.world_size / max(time.perf_counter() - t_epoch, 1e-9)
         last.update(epoch_state)
         last["lr"] = float(sched.get_last_lr()[0])
         if hooks is not None:
