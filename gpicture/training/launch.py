@@ -62,21 +62,22 @@ def launch(fn: Callable[..., Any], args: tuple, procs: int = 1) -> Any:
         return fn(setup_distributed(), *args)
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
+    failure: Exception | None = None
     try:
         mp.start_processes(_rank_main, args=(fn, args, procs, _free_port(), results), nprocs=procs,
                            start_method="spawn")
-    except mp.ProcessExitedException:
-        pass  # a rank stopped with an expected error: reported below
-    status, value = ("crash", None)
-    while not results.empty():
-        got = results.get()
-        if got[0] == "error" or status != "error":
-            status, value = got
-    if status == "ok":
-        return value
-    if status == "error":
-        name, msg = value
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+        failure = exc  # the other ranks are stopped; an expected error of one of them is in the queue
+    got = [results.get() for _ in iter(lambda: not results.empty(), False)]
+    errors = [v for status, v in got if status == "error"]
+    if errors:  # bad input beats the follow-on failures of the ranks that waited for the one that stopped
+        name, msg = errors[0]
         raise {"ValueError": ValueError}.get(name, OSError)(msg)
-    raise RuntimeError(f"a training process of {procs} stopped without a result (its traceback is above)")
+    if failure is not None:
+        raise RuntimeError(f"a training process of {procs} failed: {failure}") from failure
+    ok = [v for status, v in got if status == "ok"]
+    if not ok:
+        raise RuntimeError(f"a training process of {procs} stopped without a result")
+    return ok[0]
 
 
