@@ -27,9 +27,9 @@ def test_dsvt_uses_both_window_configurations_and_crosses_tile_borders() -> None
     used = []
     original = SetAttentionLayer.forward
 
-    def spy(self, feats, part, rel):  # noqa: ANN001, ANN202
+    def spy(self, feats, part, rel, **kw):  # noqa: ANN001, ANN202
         used.append(part)
-        return original(self, feats, part, rel)
+        return original(self, feats, part, rel, **kw)
 
     SetAttentionLayer.forward = spy
     try:

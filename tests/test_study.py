@@ -227,7 +227,7 @@ def test_finetune_seed_option_reaches_the_run(monkeypatch, tmp_path) -> None:
     params["finetune"]["seed"] = 4
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     base = ["finetune", "--task", "detection", "--dataset", "nuscenes", "--init", "scratch", "--label-fraction",
-            "0.25", "--out", str(tmp_path / "o"), "--params", str(tmp_path / "params.yaml")]
+            "0.25", "--out", str(tmp_path / "o"), "--procs", "1", "--params", str(tmp_path / "params.yaml")]
     for extra, seed in (([], 4), (["--seed", "7"], 7)):
         r = CliRunner().invoke(app, base + extra)
         assert r.exit_code == 0, r.output
