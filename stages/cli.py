@@ -9,10 +9,13 @@ the devkit only if it uses them, which matters when DVC starts one process per s
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 import typer
 from typer.core import TyperGroup
+
+from gpicture.workers import Interrupted, ignore_signals, install_signal_handlers
 
 # command -> (module, function), in the order `gpicture --help` lists them
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,6 +42,18 @@ class LazyGroup(TyperGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def invoke(self, ctx: click.Context) -> object:
+        # Ctrl-C / SIGTERM (gpicture.workers.Interrupted, once `main` installed the handlers): the
+        # command's `with` blocks have removed its temporaries on the way here; exit 130 / 143,
+        # not click's "Aborted!" with 1.
+        try:
+            result = super().invoke(ctx)
+            ignore_signals()  # done: a late Ctrl-C must not turn a finished run into a traceback at exit
+            return result
+        except Interrupted as exc:
+            click.echo(f"interrupted ({exc}): stopped, temporary outputs removed", err=True)
+            sys.exit(exc.exit_code)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None
@@ -63,6 +78,7 @@ def _root() -> None:
 
 
 def main() -> None:  # pragma: no cover  (console-script entry point)
+    install_signal_handlers()
     app()
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gpicture.data.convert import ConvertConfig, convert as convert_split, merge_stores, parse_shard
+from gpicture.data.finite import NonFinitePolicy
 from gpicture.data.voxelize import VoxelGrid
 from gpicture.params import ParamsError, load_section
 
@@ -17,6 +18,16 @@ from gpicture.params import ParamsError, load_section
 class Dataset(str, Enum):
     nuscenes = "nuscenes"
     waymo = "waymo"
+
+
+class PointsPolicy(str, Enum):
+    drop = "drop"
+    error = "error"
+
+
+class EmptySegments(str, Enum):
+    error = "error"
+    skip = "skip"
 
 
 def _progress(label: str, console: Console) -> Progress:
@@ -50,7 +61,15 @@ def convert(
         help="Read and store the annotations; --no-labels writes an unlabelled store (no box, point label or "
              "occupancy array; none is read from the source). Params: the split's `labels` in "
              "convert.<dataset>.splits (pretrain: labels false)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing store."),
+    nonfinite_points: PointsPolicy | None = typer.Option(
+        None, help="Points with a NaN / inf coordinate or feature: drop them (counted in the log and the store attrs) "
+                   "or stop with an error naming the file (params: convert.nonfinite.points). Non-finite labels, "
+                   "boxes and poses always stop (convert.nonfinite)."),
+    empty_segments: EmptySegments | None = typer.Option(
+        None, help="A 0-byte Waymo segment: stop naming it, or skip it (counted in the log and the store attrs) "
+                   "(params: convert.empty_segments)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing voxel store at --out (anything else "
+                                                    "there is refused, never deleted)."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Convert a raw nuScenes / Waymo split into a chunked Zarr voxel store."""
@@ -81,6 +100,10 @@ def convert(
             skip_empty_frames=(skip_empty_frames if skip_empty_frames is not None
                                else bool(top.get("skip_empty_frames", False))),
             labels=labels if labels is not None else bool(entry.get("labels", True)),
+            nonfinite=NonFinitePolicy.from_params({**(top.get("nonfinite") or {}),
+                                                   **({"points": nonfinite_points.value} if nonfinite_points else {})}),
+            empty_segments=(empty_segments.value if empty_segments is not None
+                            else str(top.get("empty_segments", "error"))),
         )
     except (ParamsError, ValueError, KeyError) as exc:
         _fail(err, exc)
@@ -98,7 +121,8 @@ def convert(
 def merge(
     shards: list[Path] = typer.Argument(..., help="Shard stores written by `convert --shard i/n`."),
     out: Path = typer.Option(..., help="The merged store."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing store."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing voxel store at --out (anything else "
+                                                    "there is refused, never deleted)."),
 ) -> None:
     """Join the shard stores of one split into one store."""
     err = Console(stderr=True)

@@ -39,7 +39,8 @@ def synth(
     seed: int | None = typer.Option(None, help="Random seed (params: synth.seed)."),
     workers: int | None = typer.Option(None, help="Parallel processes (params: synth.workers)."),
     density: float | None = typer.Option(None, help="Traffic density (1.0: busy city street)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier synthetic dataset of this format "
+                                                    "at --out (anything else there is refused, never deleted)."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Generate procedural driving scenes with exact labels, in the real dataset format."""

@@ -25,7 +25,8 @@ def teacher(
                                                "(params: teacher.init)."),
     dtype: str | None = typer.Option(None, help="float16 or int8 (params: teacher.dtype)."),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing teacher store."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing teacher store at --out (anything "
+                                                    "else there is refused, never deleted)."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Compute the teacher features of every canonical voxel of a store (resumable)."""

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gpicture.atomic import into_place, temp_sibling
+from gpicture.atomic import claim_output, into_place, temp_sibling
 from gpicture.data.spec import DATASETS
 from gpicture.params import ParamsError, load_section
 from gpicture.teacher.cache import TeacherConfig
@@ -95,7 +95,8 @@ def teacher_fit(
                                                       "(params: teacher.checkpoint)."),
     init: str | None = typer.Option(None, help="With no checkpoint: standin (train on the synthetic pool) or "
                                                "random (tests only) (params: teacher.init)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier teacher-fit folder at --out (anything "
+                                                    "else there is refused, never deleted)."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Make the teacher checkpoint of a dataset: hand on Seal's weights, or train the stand-in."""
@@ -109,15 +110,15 @@ def teacher_fit(
         init = init or str(sec.get("init", "standin"))
         if init not in INITS:
             raise ValueError(f"teacher.init must be one of {INITS}, got {init!r}")
-        if out.exists() and not force:
-            raise OSError(f"{out}: output exists (use --force to replace it)")
         tcfg = TeacherConfig.from_params(sec, dataset)
         tcfg.validate()
         ckpt = checkpoint if checkpoint is not None else sec.get("checkpoint")
         share = (sec.get("share") or {}).get(dataset)
         meta = {"dataset": dataset, "teacher": "Res16UNet34C (MinkowskiEngine), in 1 -> out 64, L2-normalised",
                 "input_convention": tcfg.convention()}
-        with into_place(temp_sibling(out), out) as tmp:
+        # one writer per folder; --force replaces only a teacher-fit folder (gpicture.atomic)
+        with claim_output(out, "teacher-model", force=force) as lock, \
+                into_place(temp_sibling(out), out, "teacher-model", lock) as tmp:
             if ckpt is not None:
                 meta = _hand_on(Path(ckpt), tmp, meta)
             elif share:

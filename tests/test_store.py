@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from gpicture.data.batch import collate_frames
 from gpicture.data.dataset import VoxelStoreDataset
-from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore
+from gpicture.data.store import StoreError, VoxelStore
+from gpicture.data.store_writer import EncodedFrame, StoreWriter
 from gpicture.data.voxelize import VoxelGrid
 
 GRID = VoxelGrid((-10.0, -10.0, -2.0, 10.0, 10.0, 2.0), (0.5, 0.5, 0.25))

@@ -62,11 +62,17 @@ def test_existing_output_needs_force(tmp_path) -> None:
     (out / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["synth", "waymo", "--out", str(out), "--scenes", "1", "--frames", "1"])
     assert result.exit_code == 2
-    assert "exists and is not empty (use --force" in result.output
+    assert "output exists (use --force" in result.output
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --force replaces only a synthetic Waymo dataset: the user's own folder is refused, untouched
+    result = runner.invoke(app, ["synth", "waymo", "--out", str(out), "--scenes", "1", "--frames", "1", "--force"])
+    assert result.exit_code == 2 and "not a synthetic-waymo written by gpicture" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert runner.invoke(app, ["synth", "waymo", "--out", str(out), "--scenes", "1", "--frames", "1"]).exit_code == 0
     result = runner.invoke(app, ["synth", "waymo", "--out", str(out), "--scenes", "1", "--frames", "1", "--force"])
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and list((out / "training").glob("*.tfrecord"))
+    assert list((out / "training").glob("*.tfrecord"))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
 
 

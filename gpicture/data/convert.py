@@ -13,22 +13,24 @@ annotation tables out, so relabelling the source changes nothing in the store.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpicture.data.finite import DEFAULT_POLICY, NonFinitePolicy
 from gpicture.data.frame import EmptyFrameError, RawFrame
 from gpicture.data.schema import FIELDS
 from gpicture.data.spec import DATASETS, NUSCENES, WAYMO, dataset_spec
-from gpicture.data.store import EncodedFrame, StoreError, StoreWriter, VoxelStore
+from gpicture.data.store import StoreError, VoxelStore
+from gpicture.data.store_writer import EncodedFrame, StoreWriter
 from gpicture.data.voxelize import VoxelGrid
+from gpicture.workers import pool_map
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class ConvertConfig:
     shard: tuple[int, int] = (0, 1)  # (index, count)
     skip_empty_frames: bool = False  # skip (and count) frames without LiDAR returns instead of stopping
     labels: bool = True  # False: an unlabelled split, no annotation read or stored (the module docstring)
+    nonfinite: NonFinitePolicy = DEFAULT_POLICY  # what the readers do with NaN / inf (convert.nonfinite)
+    empty_segments: str = "error"  # Waymo 0-byte segments: error, or skip (counted in the log and attrs)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -56,6 +60,9 @@ class ConvertConfig:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+        self.nonfinite.validate()
+        if self.empty_segments not in ("error", "skip"):
+            raise ValueError(f"convert.empty_segments: {self.empty_segments!r} is not one of: error, skip")
         self.grid.validate()
 
 
@@ -99,18 +106,18 @@ def _init_nuscenes_worker(root: str, version: str) -> None:
     _WORKER["nusc"] = open_nuscenes(Path(root), version)
 
 
-def _load_nuscenes(args: tuple[str, int, VoxelGrid, bool]) -> EncodedFrame:
+def _load_nuscenes(args: tuple[str, int, VoxelGrid, bool, NonFinitePolicy]) -> EncodedFrame:
     from gpicture.data.nuscenes_reader import read_sample  # lazy: the nuScenes devkit
 
-    token, sweeps, grid, labels = args
-    return encode_frame(read_sample(_WORKER["nusc"], token, sweeps, labels=labels), grid)
+    token, sweeps, grid, labels, nonfinite = args
+    return encode_frame(read_sample(_WORKER["nusc"], token, sweeps, labels=labels, nonfinite=nonfinite), grid)
 
 
-def _load_waymo(args: tuple[str, int, VoxelGrid, bool]) -> EncodedFrame:
+def _load_waymo(args: tuple[str, int, VoxelGrid, bool, NonFinitePolicy]) -> EncodedFrame:
     from gpicture.data.waymo.reader import read_frame  # lazy: the Waymo protos
 
-    path, index, grid, labels = args
-    return encode_frame(read_frame(Path(path), index, labels=labels), grid)
+    path, index, grid, labels, nonfinite = args
+    return encode_frame(read_frame(Path(path), index, labels=labels, nonfinite=nonfinite), grid)
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,7 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         for table in sorted((cfg.root / cfg.version).glob("*.json")):
             if cfg.labels or table.stem not in NUSCENES_ANNOTATION_TABLES:
                 _file_digest(table, h, head=1 << 30)
-        refs = [(t, cfg.sweeps, cfg.grid, cfg.labels) for t in tokens]
+        refs = [(t, cfg.sweeps, cfg.grid, cfg.labels, cfg.nonfinite) for t in tokens]
         attrs = {"classes": list(spec.raw_classes), "version": cfg.version, "sweeps": cfg.sweeps,
                  "sweeps_between_keyframes": any(not sd["is_key_frame"] for sd in nusc.sample_data
                                                  if sd["channel"] == "LIDAR_TOP")}
@@ -166,13 +173,16 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         from gpicture.data.waymo.reader import (  # lazy: the Waymo protos
             frame_refs,
             segment_files,
+            usable_segments,
         )
 
-        files = segment_files(cfg.root, cfg.split)
+        # Empty segments: refused or skipped by policy; a segment given twice: refused.
+        files, empty = usable_segments(segment_files(cfg.root, cfg.split), cfg.empty_segments)
         for f in files:
             _file_digest(f, h)
-        refs = [(str(p), i, cfg.grid, cfg.labels) for p, i in frame_refs(files)]
-        attrs = {"classes": list(spec.raw_classes), "sweeps": 1}
+        refs = [(str(p), i, cfg.grid, cfg.labels, cfg.nonfinite) for p, i in frame_refs(files)]
+        attrs = {"classes": list(spec.raw_classes), "sweeps": 1, "skipped_segments": len(empty),
+                 "skipped_segment_files": [f.name for f in empty]}
         init, init_args = None, ()
         loader = _load_waymo
     else:
@@ -182,6 +192,7 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
         "point_cloud_range": list(cfg.grid.point_cloud_range), "voxel_size": list(cfg.grid.voxel_size),
         "grid_shape_zyx": list(cfg.grid.shape_zyx), "source_fingerprint": h.hexdigest(),
         "frames_in_source": len(refs), "box_classes": list(spec.box_types), "feature_names": list(spec.point_features),
+        "nonfinite_policy": dataclasses.asdict(cfg.nonfinite),
     })
     i, n = cfg.shard
     lo, hi = i * len(refs) // n, (i + 1) * len(refs) // n
@@ -191,11 +202,8 @@ def _plan(cfg: ConvertConfig) -> tuple[list, Callable, Callable | None, tuple, d
 
 def _iter_frames(refs: list, loader: Callable, init: Callable | None, init_args: tuple,
                  workers: int) -> Iterator[EncodedFrame | Skipped]:
-    if workers <= 1 or len(refs) <= 1:
-        yield from map(loader, refs)
-        return
-    with ProcessPoolExecutor(max_workers=workers, initializer=init, initargs=init_args) as pool:
-        yield from pool.map(loader, refs, chunksize=max(1, min(8, len(refs) // (4 * workers))))
+    # Workers that end with the generator, terminated on Ctrl-C / SIGTERM / a bad frame (gpicture.workers).
+    yield from pool_map(loader, refs, workers, init, init_args, chunksize=max(1, min(8, len(refs) // (4 * workers))))
 
 
 def _sweeps_note(cfg: ConvertConfig, got: list[int], between_keyframes: bool) -> str:
@@ -217,17 +225,23 @@ def convert(cfg: ConvertConfig, out: Path, force: bool = False,
     """Convert a raw split (or one shard of it) into a voxel store at ``out``.
 
     ``log`` receives the notes a user must see: frames skipped by ``skip_empty_frames``
-    (also counted in the store attrs ``skipped_frames``), and with ``sweeps > 1`` how many
-    sweeps each frame really got (attrs ``sweeps_read``).
+    (also counted in the store attrs ``skipped_frames``), empty Waymo segments skipped by
+    ``empty_segments="skip"`` (attrs ``skipped_segments``), points dropped for NaN / inf values
+    (attrs ``dropped_nonfinite_points``), and with ``sweeps > 1`` how many sweeps each frame
+    really got (attrs ``sweeps_read``).
     """
     cfg.validate()
     refs, loader, init, init_args, attrs = _plan(cfg)
+    if attrs.get("skipped_segments"):  # convert.empty_segments: skip (the attrs keep the count and names)
+        log(f"{cfg.root}: skipped {attrs['skipped_segments']} empty (0-byte) Waymo segments: "
+            f"{', '.join(attrs['skipped_segment_files'])} (convert.empty_segments: skip)")
     if not refs:
         raise StoreError(f"{cfg.root}: split {cfg.split!r} has no frames (shard {cfg.shard[0]}/{cfg.shard[1]})")
     load = functools.partial(_load_or_skip, loader, cfg.skip_empty_frames)
     skipped: list[str] = []
     sweeps_read: list[int] = []
-    with StoreWriter(out, attrs, attrs["feature_names"], attrs["box_classes"], force=force, labels=cfg.labels) as w:
+    with StoreWriter(out, attrs, attrs["feature_names"], attrs["box_classes"], force=force, labels=cfg.labels,
+                     log=log) as w:
         for k, frame in enumerate(_iter_frames(refs, load, init, init_args, cfg.workers)):
             if isinstance(frame, Skipped):
                 skipped.append(frame.reason)
@@ -248,9 +262,9 @@ def convert(cfg: ConvertConfig, out: Path, force: bool = False,
             if cfg.sweeps > 1:
                 log(_sweeps_note(cfg, sweeps_read, bool(attrs.get("sweeps_between_keyframes", True))))
         w.commit(allow_empty=bool(skipped))
-    if w.dropped_nonfinite:
-        warnings.warn(f"{cfg.root}: dropped {w.dropped_nonfinite} points with non-finite coordinates",
-                      RuntimeWarning, stacklevel=2)
+    if w.dropped_nonfinite:  # also in the store attrs, dropped_nonfinite_points
+        log(f"{cfg.root}: dropped {w.dropped_nonfinite} points with a non-finite coordinate or feature "
+            "(convert.nonfinite.points: drop; `error` refuses them)")
     written = VoxelStore.open(out, allow_empty=True).attrs
     return {"frames": written["n_frames"], "points": written["n_points"], "voxels": written["n_voxels"],
             "boxes": written["n_boxes"], "skipped_frames": len(skipped),

@@ -7,7 +7,8 @@ metres per second. ``pose`` maps that frame into the dataset's global frame.
 ``RawFrame`` has one attribute per field of :data:`gpicture.data.schema.FIELDS` that
 the readers fill (all but the voxelization), and ``extra`` (reader notes such as
 ``dropped_nonfinite``). A frame read without labels (``labels=False``) has None in every
-label field (the schema's ``label`` flag).
+label field (the schema's ``label`` flag). What the readers do with NaN / inf values is
+:class:`gpicture.data.finite.NonFinitePolicy`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@ The points equal the devkit's ``LidarPointCloud.from_file_multisweep(nusc, sampl
 'LIDAR_TOP', nsweeps=sweeps)`` exactly: the keyframe first, then the previous sweeps newest
 first; ``remove_close(1.0)`` on every sweep (keyframe included); each sweep mapped into the
 keyframe's LiDAR frame by the same float64 4x4 matrix, rounded to float32. Unlike the devkit,
-the keyframe's lidarseg labels stay aligned with its points, and points with non-finite
-coordinates are dropped (and counted).
+the keyframe's lidarseg labels stay aligned with its points, and non-finite values follow the
+:class:`~gpicture.data.finite.NonFinitePolicy`: points with a non-finite coordinate, intensity
+or ring are dropped (and counted) or refused; a non-finite pose, box or label is refused, as is
+a lidarseg class index outside the category table or a malformed occupancy file, naming the
+file. A token that no table holds is named with its table, not a ``KeyError``.
 
 Boxes are those of ``nusc.get_sample_data(lidar_token)`` (the keyframe's annotations in its
 LiDAR frame); velocities are ``nusc.box_velocity`` rotated into that frame (the devkit's
@@ -15,7 +18,7 @@ LiDAR frame); velocities are ``nusc.box_velocity`` rotated into that frame (the 
 occupancy file is opened, no ``sample_annotation`` record taken (the devkit still loads the
 tables); every label field is None.
 
-``RawFrame.extra``: ``dropped_nonfinite`` (points dropped for non-finite x, y or z, over all
+``RawFrame.extra``: ``dropped_nonfinite`` (points dropped for a non-finite value, over all
 sweeps read), ``lidar_token`` (the keyframe's LIDAR_TOP sample_data token), ``sweeps_read``
 (fewer than asked near the start of a scene, as in the devkit).
 """
@@ -33,7 +36,16 @@ from nuscenes.utils.geometry_utils import transform_matrix
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
+from gpicture.data.finite import (
+    DEFAULT_POLICY,
+    ERROR,
+    NonFinitePolicy,
+    bad_box_rows,
+    nonfinite_points_error,
+)
 from gpicture.data.frame import EmptyFrameError, RawFrame
+from gpicture.data.nuscenes_tables import load_error
+from gpicture.data.occupancy_targets import read_openoccupancy_rows
 from gpicture.data.schema import BOX, level_fields
 from gpicture.data.spec import UNLABELLED
 from gpicture.geometry import quat_mul
@@ -58,8 +70,10 @@ _SPLIT_VERSION = {"train": "trainval", "val": "trainval", "train_detect": "train
 def open_nuscenes(root: Path, version: str) -> NuScenes:
     """Load the nuScenes tables of ``version`` under ``root``.
 
-    Raises FileNotFoundError naming the first missing folder, table, map mask or
-    lidarseg/panoptic folder, rather than the devkit's bare assertion.
+    Raises FileNotFoundError naming the first missing folder, table, map mask,
+    lidarseg/panoptic folder or label file, and ValueError naming a table that is not valid
+    JSON or a record whose token no table holds, rather than the devkit's bare assertion,
+    KeyError or JSON error (:func:`gpicture.data.nuscenes_tables.load_error`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -71,8 +85,11 @@ def open_nuscenes(root: Path, version: str) -> NuScenes:
         path = table_root / f"{name}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing nuScenes table")
-    with open(table_root / "map.json") as f:
-        maps = json.load(f)
+    try:
+        with open(table_root / "map.json") as f:
+            maps = json.load(f)
+    except ValueError as exc:
+        raise load_error(root, version, exc) from None
     for rec in maps:
         path = root / rec["filename"]
         if not path.is_file():
@@ -81,7 +98,20 @@ def open_nuscenes(root: Path, version: str) -> NuScenes:
         if (table_root / f"{task}.json").is_file() and not (root / task / version).is_dir():
             raise FileNotFoundError(f"{root / task / version}: missing nuScenes {task} folder "
                                     f"(the table {table_root / f'{task}.json'} exists)")
-    return NuScenes(version=version, dataroot=str(root), verbose=False)
+    try:
+        return NuScenes(version=version, dataroot=str(root), verbose=False)
+    except (AssertionError, KeyError, ValueError) as exc:
+        raise load_error(root, version, exc) from None
+
+
+def _get(nusc: NuScenes, table: str, token: str, referrer: str) -> dict:
+    """``nusc.get(table, token)``; a token no record holds is a ValueError naming the table file
+    and who refers to it (the devkit's bare KeyError names neither)."""
+    try:
+        return nusc.get(table, token)
+    except KeyError:
+        raise ValueError(f"{Path(nusc.table_root) / f'{table}.json'}: no record {token!r} "
+                         f"(referred to by {referrer}): a dangling token") from None
 
 
 def split_sample_tokens(nusc: NuScenes, split: str) -> list[str]:
@@ -108,7 +138,7 @@ def split_sample_tokens(nusc: NuScenes, split: str) -> list[str]:
         samples = []
         token = scene["first_sample_token"]
         while token:
-            sample = nusc.get("sample", token)
+            sample = _get(nusc, "sample", token, f"scene {name}'s sample chain")
             samples.append(sample)
             token = sample["next"]
         samples.sort(key=lambda s: s["timestamp"])  # the chain is in time order; make sure
@@ -139,13 +169,13 @@ def _read_bin_into(path: Path, out: np.ndarray) -> np.ndarray:
 
 
 def _keep_mask(scan: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Points kept (finite xyz, not within MIN_DISTANCE in both |x| and |y|: remove_close) and
-    the points with non-finite coordinates."""
+    """Points kept (every value finite, not within MIN_DISTANCE in both |x| and |y|: remove_close)
+    and the points with a non-finite coordinate, intensity or ring."""
     x, y = scan[:, 0], scan[:, 1]
     keep = (np.abs(x) >= MIN_DISTANCE) | (np.abs(y) >= MIN_DISTANCE)  # = not remove_close's mask for finite x, y
     if np.isfinite(scan).all():  # the usual case: one fast pass over the contiguous buffer
         return keep, np.zeros(len(scan), dtype=bool)
-    nonfinite = ~np.isfinite(scan[:, :3]).all(axis=1)
+    nonfinite = ~np.isfinite(scan).all(axis=1)
     return keep & ~nonfinite, nonfinite
 
 
@@ -159,6 +189,17 @@ def _matrix(rec: dict, inverse: bool) -> np.ndarray:
     return transform_matrix(rec["translation"], Quaternion(rec["rotation"]), inverse=inverse)
 
 
+def _pose_record(nusc: NuScenes, table: str, token: str, sd: dict) -> dict:
+    """The ``ego_pose`` / ``calibrated_sensor`` record of sample_data ``sd``, refused (the
+    ``poses`` policy: error only) when its translation or rotation is not finite."""
+    rec = _get(nusc, table, token, f"sample_data {sd['token']}")
+    values = np.asarray([*rec["translation"], *rec["rotation"]], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{Path(nusc.table_root) / f'{table}.json'}: record {token} (sample_data {sd['token']}): "
+                         "non-finite translation or rotation")
+    return rec
+
+
 def _lidarseg_labels(nusc: NuScenes, sd_token: str, n_points: int) -> np.ndarray | None:
     if not hasattr(nusc, "lidarseg"):
         return None
@@ -169,9 +210,18 @@ def _lidarseg_labels(nusc: NuScenes, sd_token: str, n_points: int) -> np.ndarray
         if rec is None:
             return None
     path = Path(nusc.dataroot) / rec["filename"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing lidarseg label file (listed in {Path(nusc.table_root) / 'lidarseg.json'})")
     labels = np.fromfile(path, dtype=np.uint8)
     if len(labels) != n_points:
         raise ValueError(f"{path}: {len(labels)} lidarseg labels for {n_points} points")
+    known = np.zeros(256, dtype=bool)
+    known[[i for i in nusc.lidarseg_idx2name_mapping if 0 <= i < 256]] = True
+    bad = ~known[labels]
+    if bad.any():
+        raise ValueError(f"{path}: lidarseg class index {int(labels[bad][0])} is not in the category table "
+                         f"({Path(nusc.table_root) / 'category.json'}: indices {min(nusc.lidarseg_idx2name_mapping)}.."
+                         f"{max(nusc.lidarseg_idx2name_mapping)}); {int(bad.sum())} such labels")
     return labels
 
 
@@ -184,8 +234,18 @@ def _quat_inv(q: np.ndarray) -> np.ndarray:
     return q * np.array([1.0, -1.0, -1.0, -1.0]) / np.sum(q * q)
 
 
+def _box_velocity(nusc: NuScenes, ann: dict) -> np.ndarray:
+    try:
+        return nusc.box_velocity(ann["token"])
+    except KeyError as exc:  # a prev / next annotation token that no record holds
+        raise ValueError(f"{Path(nusc.table_root) / 'sample_annotation.json'}: record {ann['token']}: its prev / next "
+                         f"annotation {exc.args[0] if exc.args else '?'!r} is not in the table (a dangling token)") from None
+
+
 def _boxes(nusc: NuScenes, sample: dict, lidar_from_global: np.ndarray, q_lidar_from_global: np.ndarray) -> dict:
-    anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
+    """The keyframe's annotations as box arrays in its LiDAR frame; a box with a non-finite
+    centre, size or rotation (or an infinite velocity) is refused (``boxes`` policy: error)."""
+    anns = [_get(nusc, "sample_annotation", t, f"sample {sample['token']}") for t in sample["anns"]]
     m = len(anns)
     centre = np.array([a["translation"] for a in anns], dtype=np.float64).reshape(m, 3)
     size = np.array([a["size"] for a in anns], dtype=np.float64).reshape(m, 3)  # w, l, h
@@ -194,9 +254,14 @@ def _boxes(nusc: NuScenes, sample: dict, lidar_from_global: np.ndarray, q_lidar_
     q = quat_mul(q_lidar_from_global, rot)
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     yaw = np.arctan2(2 * (q[:, 0] * q[:, 3] - q[:, 1] * q[:, 2]), 1 - 2 * (q[:, 2] ** 2 + q[:, 3] ** 2))
-    vel = np.array([nusc.box_velocity(a["token"]) for a in anns], dtype=np.float64).reshape(m, 3)
+    vel = np.array([_box_velocity(nusc, a) for a in anns], dtype=np.float64).reshape(m, 3)
     vel = vel @ lidar_from_global[:3, :3].T
     boxes = np.concatenate([centre, size[:, [1, 0, 2]], yaw[:, None]], axis=1).astype(np.float32)
+    bad = bad_box_rows(boxes, vel) | ~np.isfinite(rot).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{Path(nusc.table_root) / 'sample_annotation.json'}: record {anns[int(np.argmax(bad))]['token']}: "
+                         f"non-finite translation, size or rotation ({int(bad.sum())} such boxes in sample "
+                         f"{sample['token']}; convert.nonfinite.boxes: error)")
     return {
         "boxes": boxes,
         "box_names": np.array([a["category_name"] for a in anns], dtype=str),
@@ -218,18 +283,19 @@ def occupancy_path(nusc: NuScenes, sample: dict) -> Path:
             / f"{sample['data'][LIDAR]}.npy")
 
 
-def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = True) -> RawFrame:
+def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = True,
+                nonfinite: NonFinitePolicy = DEFAULT_POLICY) -> RawFrame:
     """The keyframe ``sample_token``: LIDAR_TOP points of it and its ``sweeps - 1`` previous sweeps
-    in its LiDAR frame, with lidarseg labels, boxes and occupancy unless ``labels`` is False
-    (see the module docstring)."""
+    in its LiDAR frame, with lidarseg labels, boxes and occupancy unless ``labels`` is False;
+    NaN / inf values as ``nonfinite`` says (see the module docstring)."""
     if sweeps < 1:
         raise ValueError(f"sweeps = {sweeps}: at least 1 (the keyframe)")
     root = Path(nusc.dataroot)
-    sample = nusc.get("sample", sample_token)
+    sample = _get(nusc, "sample", sample_token, "the split")
     sd_token = sample["data"][LIDAR]
-    ref_sd = nusc.get("sample_data", sd_token)
-    ref_cs = nusc.get("calibrated_sensor", ref_sd["calibrated_sensor_token"])
-    ref_pose = nusc.get("ego_pose", ref_sd["ego_pose_token"])
+    ref_sd = _get(nusc, "sample_data", sd_token, f"sample {sample_token}")
+    ref_cs = _pose_record(nusc, "calibrated_sensor", ref_sd["calibrated_sensor_token"], ref_sd)
+    ref_pose = _pose_record(nusc, "ego_pose", ref_sd["ego_pose_token"], ref_sd)
     ref_time = 1e-6 * ref_sd["timestamp"]
     ref_from_car = _matrix(ref_cs, inverse=True)
     car_from_global = _matrix(ref_pose, inverse=True)
@@ -237,7 +303,7 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = T
     # The sweeps from_file_multisweep visits: the keyframe, then back along `prev`.
     chain = [ref_sd]
     while len(chain) < sweeps and chain[-1]["prev"] != "":
-        chain.append(nusc.get("sample_data", chain[-1]["prev"]))
+        chain.append(_get(nusc, "sample_data", chain[-1]["prev"], f"sample_data {chain[-1]['token']} (prev)"))
     paths = [root / sd["filename"] for sd in chain]
     counts = [_bin_points(p) for p in paths]
     if counts[0] == 0:
@@ -258,8 +324,10 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = T
     n = 0
     for i, (sd, path, count) in enumerate(zip(chain, paths, counts)):
         scan = _read_bin_into(path, scan_buf[:count])
-        keep, nonfinite = _keep_mask(scan)
-        dropped += int(np.count_nonzero(nonfinite))
+        keep, bad = _keep_mask(scan)
+        if bad.any() and nonfinite.points == ERROR:
+            raise nonfinite_points_error(str(path), int(np.count_nonzero(bad)), count)
+        dropped += int(np.count_nonzero(bad))
         if i == 0 and labels:
             raw_labels = _lidarseg_labels(nusc, sd_token, count)
             if raw_labels is not None:
@@ -268,8 +336,8 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = T
         k = len(kept)
         if i == 0 and k == 0:
             raise ValueError(f"{path}: no keyframe point is finite and at least {MIN_DISTANCE} m away")
-        pose = nusc.get("ego_pose", sd["ego_pose_token"])
-        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pose = _pose_record(nusc, "ego_pose", sd["ego_pose_token"], sd)
+        cs = _pose_record(nusc, "calibrated_sensor", sd["calibrated_sensor_token"], sd)
         # The same float64 matrix as from_file_multisweep, applied as PointCloud.transform does.
         matrix = reduce(np.dot, [ref_from_car, car_from_global, _matrix(pose, inverse=False),
                                  _matrix(cs, inverse=False)])
@@ -294,12 +362,9 @@ def read_sample(nusc: NuScenes, sample_token: str, sweeps: int, labels: bool = T
     occ_path = occupancy_path(nusc, sample)
     occupancy = None
     if labels and occ_path.is_file():
-        occupancy = np.load(occ_path)
-        if occupancy.ndim != 2 or occupancy.shape[1] != 4:
-            raise ValueError(f"{occ_path}: occupancy of shape {occupancy.shape}, expected (K, 4) z, y, x, label")
-        occupancy = occupancy.astype(np.int16, copy=False)
+        occupancy = read_openoccupancy_rows(occ_path)
 
-    scene = nusc.get("scene", sample["scene_token"])
+    scene = _get(nusc, "scene", sample["scene_token"], f"sample {sample_token}")
     frame = RawFrame(
         frame_id=sample_token,
         scene=scene["name"],

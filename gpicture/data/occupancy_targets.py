@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gpicture.data.spec import (
+    NUSCENES,
     OCCUPANCY_IGNORE,
     UNLABELLED,
     DatasetSpec,
@@ -96,6 +98,38 @@ class OccupancyGridSpec:
 
 # nuScenes-Occupancy's grid: [-51.2, -51.2, -5, 51.2, 51.2, 3] m at 0.2 m, 512 x 512 x 40.
 OPENOCCUPANCY_GRID = OccupancyGridSpec((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.2, 0.2, 0.2))
+
+
+@functools.cache
+def _occupancy_classes() -> int:
+    return len(NUSCENES.occupancy_classes(list(NUSCENES.raw_classes)))  # 16
+
+
+def read_openoccupancy_rows(path: Path) -> np.ndarray:
+    """The (K, 4) int16 rows z, y, x, label of a nuScenes-Occupancy ``.npy`` file (what the nuScenes
+    reader stores), checked: a file numpy cannot read, another shape, non-integral or non-finite
+    values, cells off the 512 x 512 x 40 grid or labels outside 0..16 (and OCCUPANCY_IGNORE) are a
+    ValueError naming the file, before they could poison the occupancy targets."""
+    try:
+        occ = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable occupancy .npy file ({exc})") from None
+    if not isinstance(occ, np.ndarray) or occ.ndim != 2 or occ.shape[1] != 4:
+        shape = occ.shape if isinstance(occ, np.ndarray) else type(occ).__name__
+        raise ValueError(f"{path}: occupancy of shape {shape}, expected (K, 4) z, y, x, label")
+    if occ.dtype.kind not in "iuf" or (occ.dtype.kind == "f" and not (np.isfinite(occ).all()
+                                                                     and (occ == np.round(occ)).all())):
+        raise ValueError(f"{path}: occupancy rows must be finite integers (dtype {occ.dtype})")
+    limits = np.array([*OPENOCCUPANCY_GRID.shape_zyx], dtype=np.int64)
+    cells = occ[:, :3].astype(np.int64)
+    off = ((cells < 0) | (cells >= limits)).any(axis=1)
+    label = occ[:, 3].astype(np.int64)
+    bad_label = ((label < 0) | (label > _occupancy_classes())) & (label != OCCUPANCY_IGNORE)
+    if off.any() or bad_label.any():
+        what = (f"cell {cells[off][0].tolist()} off the {tuple(limits.tolist())} grid" if off.any()
+                else f"label {int(label[bad_label][0])} outside 0..{_occupancy_classes()} (and {OCCUPANCY_IGNORE})")
+        raise ValueError(f"{path}: occupancy row with {what}; {int((off | bad_label).sum())} bad rows")
+    return occ.astype(np.int16, copy=False)
 
 
 def majority_rows(cells: np.ndarray, labels: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndarray:

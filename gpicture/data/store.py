@@ -1,8 +1,8 @@
 """The Zarr voxel store: one dataset split as ragged arrays in CSR form.
 
 The fields and their arrays are those of :data:`gpicture.data.schema.FIELDS` (the layout
-is drawn in that module's docstring); the frame types, the writer and the reader here
-follow that table.
+is drawn in that module's docstring); the frame types and the reader here
+follow that table (the writer: :mod:`gpicture.data.store_writer`).
 
 Attributes: schema version, dataset, split, classes, point-cloud range, voxel size,
 sweeps, feature names, the source fingerprint, ``labels`` (false: an unlabelled store,
@@ -16,17 +16,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import zarr
 
-from gpicture.atomic import move_into_place, temp_sibling
-from gpicture.data.chunks import RowReader, compressor
+from gpicture.data.chunks import RowReader
+from gpicture.data.finite import check_finite
 from gpicture.data.schema import (
     FIELD,
     FIELDS,
@@ -36,15 +35,14 @@ from gpicture.data.schema import (
     Codec,
     Field,
     decode_strings,
-    encode_strings,
     frame_type,
     level_fields,
-    rows,
 )
 
 FORMAT = "gpicture-voxel-store"
+_TAMPERED = " (a tampered or old store: convert it again)"
 _LAZY = tuple(f for f in FIELDS if f.lazy)
-_ROW_FIELDS = tuple(f for f in FIELDS if f.level is not FRAME)
+ROW_FIELDS = tuple(f for f in FIELDS if f.level is not FRAME)  # the fields stored per row (not per frame)
 
 
 class StoreError(ValueError):
@@ -77,15 +75,6 @@ StoreFrame = frame_type(
     module=__name__,
 )
 
-EncodedFrame = frame_type(
-    "EncodedFrame",
-    "A frame ready to append: a reader's RawFrame plus its voxelization.",
-    FIELDS,
-    after=[("dropped_nonfinite", "int", field(default=0)), ("sweeps_read", "int", field(default=1))],
-    module=__name__,
-)
-
-
 def _has_array(group: zarr.Group, path: str) -> bool:
     parent, _, leaf = path.rpartition("/")
     return parent in group and leaf in group[parent]
@@ -112,11 +101,11 @@ class VoxelStore:
         self.box_classes = np.array(self.attrs["box_classes"], dtype=object)
         self._rows: dict[str, RowReader | None] = {  # the stored rows of each field; None: not in this store
             f.array: self._reader(f.array) if _has_array(group, f.array) else None
-            for f in _ROW_FIELDS if f.codec is not Codec.FEATURES
+            for f in ROW_FIELDS if f.codec is not Codec.FEATURES
         }
-        self._feats = {n: self._reader(f"{f.array}/{n}") for f in _ROW_FIELDS if f.codec is Codec.FEATURES
+        self._feats = {n: self._reader(f"{f.array}/{n}") for f in ROW_FIELDS if f.codec is Codec.FEATURES
                        for n in self.feature_names}
-        self._read = {f.name: self._decoder(f) for f in _ROW_FIELDS}
+        self._read = {f.name: self._decoder(f) for f in ROW_FIELDS}
         self._seg = self._rows[FIELD["seg_labels"].array]  # raw rows, for queries over the whole split
         self._occ = self._rows[FIELD["occupancy"].array]
 
@@ -187,7 +176,9 @@ class VoxelStore:
         reading its points (evaluation over a whole split touches only the box rows)."""
         if not self.labelled:
             raise StoreError(f"{self.path}: an unlabelled store (converted without labels) has no boxes")
-        return tuple(self._field(n, i) for n in ("boxes", "box_names", "box_velocity", "box_num_points"))
+        out = {n: self._field(n, i) for n in ("boxes", "box_names", "box_velocity", "box_num_points")}
+        check_finite(f"{self.path}: frame {i} ({self._ids[i]})", out, StoreError, _TAMPERED)
+        return tuple(out.values())
 
     def box_difficulty(self, i: int) -> np.ndarray:
         """(M,) int8 labelled detection difficulty of frame i's boxes (0 unknown, 1, 2)."""
@@ -195,6 +186,7 @@ class VoxelStore:
 
     def pose(self, i: int) -> np.ndarray:
         """(4, 4) global_from_points of frame i."""
+        check_finite(f"{self.path}: frame {i} ({self._ids[i]})", {"pose": self._poses[i]}, StoreError, _TAMPERED)
         return self._poses[i]
 
     def voxel_range(self, i: int) -> tuple[int, int]:
@@ -234,163 +226,12 @@ class VoxelStore:
         for f in level_fields(FRAME):
             v = self._frame_values[f.name][i]
             values[f.name] = v.item() if isinstance(v, np.generic) else v
-        for f in _ROW_FIELDS:
+        for f in ROW_FIELDS:
             read, ptr = self._read[f.name] if labels or not f.label else None, self._ptr[f.level.ptr]
             if f.lazy:
                 values[f"{f.name}_reader"] = None if read is None else functools.partial(read, ptr[i], ptr[i + 1])
             else:
                 values[f.name] = None if read is None else read(ptr[i], ptr[i + 1])
+        # A NaN / inf never leaves the store (one np.isfinite per array; NaN box velocity = unknown).
+        check_finite(f"{self.path}: frame {i} ({values['frame_id']})", values, StoreError, _TAMPERED)
         return StoreFrame(index=i, **values)
-
-
-
-class StoreWriter:
-    """Appends frames to a new store under a temporary folder; ``commit`` moves it into place.
-
-    Use as a context manager: on an exception the temporary folder is removed and
-    nothing appears at the destination.
-    """
-
-    def __init__(self, out: Path, attrs: dict[str, Any], feature_names: list[str], box_classes: list[str],
-                 force: bool = False, flush_points: int = 1 << 21, labels: bool = True) -> None:
-        self.out = Path(out)
-        if self.out.exists() and not force:
-            raise StoreError(f"{self.out}: output exists (use --force to replace it)")
-        try:
-            self.tmp = temp_sibling(self.out)
-        except OSError as exc:
-            raise StoreError(f"{self.out}: cannot write there ({exc.strerror or exc})") from exc
-        self.force = force
-        self.labels = labels  # False: an unlabelled store, no label array (frames must hold none)
-        self.attrs = dict(attrs)
-        self.feature_names = list(feature_names)
-        self.box_classes = list(box_classes)
-        self._class_index = {c: i for i, c in enumerate(self.box_classes)}
-        self.flush_points = flush_points
-        self._buf: list[EncodedFrame] = []
-        self._buf_points = 0
-        self._counts = {lv.ptr: [0] for lv in ROW_LEVELS}
-        self._meta: dict[str, list] = {f.name: [] for f in level_fields(FRAME)}
-        self.dropped_nonfinite = 0
-        self._g = zarr.open_group(str(self.tmp), mode="w")
-        self._a: dict[str, zarr.Array] = {}
-        # An optional field's array is created when the first frame that has values arrives
-        # (earlier frames are back-filled), so a split without any has none.
-        self._present = {f.name: not f.optional and (labels or not f.label) for f in _ROW_FIELDS}
-        for f in _ROW_FIELDS:
-            if self._present[f.name]:
-                self._create(f)
-
-    def _create(self, f: Field) -> None:
-        names = self.feature_names if f.codec is Codec.FEATURES else [None]
-        for name in names:
-            path = f.array if name is None else f"{f.array}/{name}"
-            tail = f.stored_shape
-            self._a[path] = self._g.create_array(path, shape=(0, *tail), chunks=(f.level.chunk, *tail),
-                                                 dtype=f.stored_dtype(name).name, compressors=compressor())
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def append(self, frame: EncodedFrame) -> None:
-        if sorted(frame.features) != sorted(self.feature_names):
-            raise StoreError(f"frame {frame.frame_id}: features {sorted(frame.features)}, "
-                             f"the store has {sorted(self.feature_names)}")
-        self._buf.append(frame)
-        self._buf_points += len(frame.points)
-        self.dropped_nonfinite += frame.dropped_nonfinite
-        if self._buf_points >= self.flush_points:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buf:
-            return
-        fs = self._buf
-        for f in _ROW_FIELDS:
-            if not self._present[f.name]:
-                if all(getattr(fr, f.name) is None for fr in fs):
-                    continue
-                if f.label and not self.labels:
-                    bad = next(fr for fr in fs if getattr(fr, f.name) is not None)
-                    raise StoreError(f"frame {bad.frame_id}: {f.name} given to an unlabelled store")
-                self._present[f.name] = True
-                self._create(f)
-                n = sum(self._counts[f.level.ptr])
-                self._a[f.array].append(np.full((n, *f.shape), f.fill, f.stored_dtype()))
-            self._append(f, [self._values(fr, f) for fr in fs])
-        for fr in fs:
-            for lv in ROW_LEVELS:
-                self._counts[lv.ptr].append(rows(fr, lv))
-            for name, values in self._meta.items():
-                values.append(getattr(fr, name))
-        self._buf, self._buf_points = [], 0
-
-    @staticmethod
-    def _values(fr: EncodedFrame, f: Field) -> Any:
-        """Field ``f`` of a frame; a missing optional one as ``fill`` rows (none for a level it counts)."""
-        v = getattr(fr, f.name)
-        return np.full((rows(fr, f.level), *f.shape), f.fill, f.stored_dtype()) if v is None else v
-
-    def _append(self, f: Field, values: list) -> None:
-        cat = np.concatenate
-        match f.codec:
-            case Codec.NUMBER:
-                self._a[f.array].append(cat([np.reshape(v, (-1, *f.shape)) for v in values]).astype(f.stored_dtype()))
-            case Codec.STRING:
-                self._a[f.array].append(encode_strings(cat([np.asarray(v, dtype=object) for v in values])))
-            case Codec.CLASS:
-                names = cat([np.asarray(v, dtype=object) for v in values])
-                unknown = sorted({n for n in names if n not in self._class_index})
-                if unknown:
-                    raise StoreError(f"box classes {unknown} are not in the store's class list")
-                self._a[f.array].append(np.array([self._class_index[n] for n in names], dtype=f.stored_dtype()))
-            case Codec.FEATURES:
-                for name in self.feature_names:
-                    raw = cat([v[name] for v in values])
-                    dtype = f.stored_dtype(name)
-                    stored = raw.astype(dtype)
-                    if dtype.kind in "iu" and not np.array_equal(stored, raw):
-                        raise StoreError(f"feature {name!r} has values that do not fit {dtype} exactly")
-                    self._a[f"{f.array}/{name}"].append(stored)
-
-    def commit(self, allow_empty: bool = False) -> Path:
-        """Write the frame table and attributes, mark the store complete, move it into place.
-
-        A store of no frame is refused unless ``allow_empty`` (every source frame was skipped
-        by policy: the attrs say so, and :meth:`VoxelStore.open` refuses it to every consumer)."""
-        self._flush()
-        g = self._g
-        n = len(self._meta["frame_id"])
-        if n == 0 and not allow_empty:
-            raise StoreError(f"{self.out}: no frames to write")
-
-        def small(name: str, data: np.ndarray) -> None:
-            g.create_array(name, data=data, chunks=(FRAME.chunk, *data.shape[1:]), compressors=compressor())
-
-        for ptr, counts in self._counts.items():
-            small(f"frames/{ptr}_ptr", np.cumsum(counts).astype(np.int64))
-        for f in level_fields(FRAME):
-            values = self._meta[f.name]
-            small(f.array, encode_strings(values) if f.codec is Codec.STRING
-                  else np.asarray(values, dtype=f.dtype).reshape(n, *f.shape))
-        attrs = {
-            **self.attrs,
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "labels": self.labels,
-            "feature_names": self.feature_names,
-            "box_classes": self.box_classes,
-            **{f.present: self._present[f.name] for f in _ROW_FIELDS if f.present},
-            "n_frames": n,
-            **{lv.total: int(sum(self._counts[lv.ptr])) for lv in ROW_LEVELS if lv.total},
-            "dropped_nonfinite_points": int(self.dropped_nonfinite),
-        }
-        json.dumps(attrs)  # fail here, not half-way, on a non-JSON attribute
-        g.attrs.update(attrs)
-        g.attrs["complete"] = True
-        move_into_place(self.tmp, self.out)
-        return self.out

@@ -15,16 +15,17 @@ any raw data; ``gpicture convert`` reads the pool as the unlabelled ``pretrain``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from gpicture.atomic import into_place, temp_sibling
+from gpicture.atomic import OutputError, claim_output, into_place, temp_sibling
 from gpicture.data.spec import NUSCENES, WAYMO
 from gpicture.synth import nuscenes_writer
 from gpicture.synth.config import SynthConfig, SynthError
 from gpicture.synth.simulate import simulate_nuscenes_scene, simulate_waymo_segment
 from gpicture.synth.waymo_writer import write_segment
+from gpicture.workers import pool_as_completed
 
 __all__ = ["SynthConfig", "SynthError", "generate_nuscenes", "generate_nuscenes_pretrain", "generate_waymo",
            "generate_waymo_pretrain", "nuscenes_pretrain_names", "nuscenes_scene_names", "pretrain_stream",
@@ -84,18 +85,25 @@ def nuscenes_pretrain_names(n: int, labelled: list[str]) -> list[str]:
     return names
 
 
-def _temp_folder(out: Path, force: bool) -> Path:
-    """A new temporary sibling of ``out`` to build the dataset in (SynthError if ``out`` is in
-    the way, or its folder cannot be written)."""
+@contextmanager
+def _build(out: Path, force: bool, kind: str) -> Iterator[Path]:
+    """Claim ``out`` (one writer; ``--force`` replaces only a ``kind`` this project wrote) and
+    yield a temporary sibling to build the dataset in, moved into place when the block ends
+    (SynthError if ``out`` is in the way, taken, or its folder cannot be written)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SynthError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise SynthError(f"{out}: exists and is not empty (use --force to replace it)")
+    empty = out.is_dir() and not any(out.iterdir())
     try:
-        return temp_sibling(out)
-    except OSError as exc:
-        raise SynthError(f"{out}: cannot write there ({exc.strerror or exc})") from exc
+        with claim_output(out, kind, force=force, exist_ok=empty) as lock:
+            try:
+                tmp = temp_sibling(out)
+            except OSError as exc:
+                raise SynthError(f"{out}: cannot write there ({exc.strerror or exc})") from exc
+            with into_place(tmp, out, kind, lock) as tmp:
+                yield tmp
+    except OutputError as exc:  # taken by another writer, in the way, or the claim was lost
+        raise SynthError(str(exc)) from None
 
 
 def generate_nuscenes(cfg: SynthConfig, out: Path, force: bool = False,
@@ -129,7 +137,7 @@ def _nuscenes(cfg: SynthConfig, names: list[str], stream: str, version: str, bas
               force: bool, progress: Callable[[int, int], None] | None) -> dict:
     """Simulate scenes ``names`` (seeds of ``stream``, an hour apart) and write them under ``out``."""
     jobs = [(nm, scene_seed(cfg.seed, stream, i), cfg, base_time_us + i * 3_600_000_000) for i, nm in enumerate(names)]
-    with into_place(_temp_folder(out, force), out) as tmp:
+    with _build(out, force, f"synthetic-{NUSCENES.name}") as tmp:
         scenes = run_parallel(simulate_nuscenes_scene, jobs, cfg.workers, progress)
         nuscenes_writer.write_nuscenes(scenes, tmp, version=version)
     return {"sweeps": sum(len(s.sweeps) for s in scenes),
@@ -165,7 +173,7 @@ def generate_waymo_pretrain(cfg: SynthConfig, out: Path, force: bool = False,
 def _waymo(cfg: SynthConfig, folders: list[str], stream: str, out: Path, force: bool,
            progress: Callable[[int, int], None] | None) -> int:
     """Segment i (seed i of ``stream``) into ``out/<folders[i]>``; the frames written."""
-    with into_place(_temp_folder(out, force), out) as tmp:
+    with _build(out, force, f"synthetic-{WAYMO.name}") as tmp:
         jobs = []
         for i, name in enumerate(folders):
             (tmp / name).mkdir(exist_ok=True)
@@ -177,16 +185,9 @@ def run_parallel(fn: Callable, jobs: list[tuple], workers: int,
                   progress: Callable[[int, int], None] | None) -> list:
     """``[fn(*job) for job in jobs]``, over up to ``workers`` processes, reporting ``progress``."""
     results: list = [None] * len(jobs)
-    if workers <= 1 or len(jobs) <= 1:
-        for i, job in enumerate(jobs):
-            results[i] = fn(*job)
-            if progress:
-                progress(i + 1, len(jobs))
-        return results
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-        for done, fut in enumerate(as_completed(futures), start=1):
-            results[futures[fut]] = fut.result()
-            if progress:
-                progress(done, len(jobs))
+    # Workers terminated on Ctrl-C / SIGTERM / a failing scene (gpicture.workers).
+    for done, (i, result) in enumerate(pool_as_completed(fn, jobs, workers), start=1):
+        results[i] = result
+        if progress:
+            progress(done, len(jobs))
     return results

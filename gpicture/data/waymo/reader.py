@@ -17,12 +17,19 @@ name, whatever the order in the record), first return before second return.
 
 ``read_frame(..., labels=False)`` (an unlabelled split) decodes no segmentation label and no
 laser label: every label field of the frame is None.
+
+Non-finite values follow the :class:`~gpicture.data.finite.NonFinitePolicy`: a point with a
+non-finite coordinate, intensity, elongation or nlz value (a NaN in a range image, a pixel pose
+or a laser extrinsic) is dropped and counted, or refused; a non-finite ``Frame.pose`` or laser
+label box, or a segmentation class outside the table, is refused naming the file and record.
 """
 
 from __future__ import annotations
 
+import filecmp
 import functools
 import os
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +37,13 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from waymo_open_dataset import dataset_pb2, label_pb2
 
+from gpicture.data.finite import (
+    DEFAULT_POLICY,
+    ERROR,
+    NonFinitePolicy,
+    bad_box_rows,
+    nonfinite_points_error,
+)
 from gpicture.data.frame import EmptyFrameError, RawFrame
 from gpicture.data.spec import UNLABELLED, WAYMO
 from gpicture.data.waymo.frame import frame_pose
@@ -65,6 +79,38 @@ def segment_files(root: Path, split: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{folder}: no segment-*.tfrecord files")
     return files
+
+
+def usable_segments(files: list[Path], empty: str = "error") -> tuple[list[Path], list[Path]]:
+    """(the segments to convert, the empty ones skipped) of ``files``, refusing what would
+    silently lose or double frames.
+
+    A 0-byte segment (an interrupted download or copy) is a ValueError naming it, or with
+    ``empty="skip"`` (params ``convert.empty_segments``) left out and returned for the count.
+    Two files with the same bytes (one segment copied under another name) would give every
+    frame twice: a ValueError naming both. Only files of equal size are compared, so a split
+    of distinct segments costs one ``stat`` per file.
+
+    Raises:
+        ValueError: as above, or an unknown ``empty`` policy.
+    """
+    if empty not in ("error", "skip"):
+        raise ValueError(f"convert.empty_segments: {empty!r} is not one of: error, skip")
+    by_size: dict[int, list[Path]] = defaultdict(list)
+    for f in files:
+        by_size[os.stat(f).st_size].append(Path(f))
+    skipped = by_size.pop(0, [])
+    if skipped and empty == "error":
+        raise ValueError(f"{skipped[0]}: empty Waymo segment (0 bytes; {len(skipped)} such files): an interrupted "
+                         "download or copy? Remove it, or set convert.empty_segments: skip (--empty-segments skip)")
+    for same in (group for group in by_size.values() if len(group) > 1):
+        for i, a in enumerate(same):
+            twin = next((b for b in same[i + 1:] if filecmp.cmp(a, b, shallow=False)), None)
+            if twin is not None:
+                raise ValueError(f"{twin}: the same bytes as {a} (one segment under two names?): "
+                                 "its frames would be stored twice; remove one of them")
+    empty_set = set(skipped)
+    return [Path(f) for f in files if Path(f) not in empty_set], skipped
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,8 +161,9 @@ def _decode(where: str, what: str, decoder, data: bytes) -> np.ndarray:
         raise ValueError(f"{where}: cannot decode {what} ({e})") from e
 
 
-def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
-    """Decode record ``index`` of the segment at ``path`` (without its labels if ``labels`` is False).
+def read_frame(path: Path, index: int, labels: bool = True, nonfinite: NonFinitePolicy = DEFAULT_POLICY) -> RawFrame:
+    """Decode record ``index`` of the segment at ``path`` (without its labels if ``labels`` is False;
+    NaN / inf values as ``nonfinite`` says).
 
     Returns:
         A ``RawFrame`` in the vehicle frame: ``points`` (N, 3) float32 of all lidars and
@@ -130,8 +177,9 @@ def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
         type names ('TYPE_VEHICLE', ...), ``speed_x, speed_y`` (NaN without metadata),
         ``num_lidar_points_in_box``, label ids and ``detection_difficulty_level``;
         ``pose`` = ``Frame.pose`` (global_from_vehicle), ``frame_id``
-        ``"<context name>/<timestamp_micros>"``. Points with a non-finite coordinate
-        are dropped, their number in ``extra['dropped_nonfinite']``.
+        ``"<context name>/<timestamp_micros>"``. Points with a non-finite coordinate or
+        feature are dropped (``nonfinite.points: drop``), their number in
+        ``extra['dropped_nonfinite']``.
 
     Raises:
         TFRecordError: a truncated file or a CRC mismatch, naming the file.
@@ -139,12 +187,16 @@ def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
         EmptyFrameError: a frame whose lasers hold no return (no range image, or none
             with a positive range): a stripped or camera-only record.
         ValueError: an undecodable record or field, a laser without calibration, a
-            frame whose points are all non-finite; naming the file and the record.
+            frame whose points are all non-finite, non-finite points under ``points: error``,
+            a non-finite ``Frame.pose`` or box, a segmentation class outside the table;
+            naming the file and the record.
     """
     path = Path(path)
     where = f"{path}: record {index}"
     frame = _parse(path, index)
     world_from_vehicle = frame_pose(frame)
+    if not np.isfinite(world_from_vehicle).all():
+        raise ValueError(f"{where}: Frame.pose has non-finite values (convert.nonfinite.poses: error)")
     calibrations = {c.name: c for c in frame.context.laser_calibrations}
 
     points, seg_parts = [], []
@@ -204,8 +256,10 @@ def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
                     raise ValueError(f"{where}: {what}: segmentation labels of shape {seg.shape}, "
                                      f"expected {(height, width, 2)}")
                 classes = seg[..., 1][mask]
-                if classes.size and (classes.min() < 0 or classes.max() >= UNLABELLED):
-                    raise ValueError(f"{where}: {what}: segmentation classes outside 0..254")
+                bad = (classes < 0) | (classes >= len(WAYMO.raw_classes))
+                if bad.any():
+                    raise ValueError(f"{where}: {what}: segmentation class {int(classes[bad][0])} outside the table "
+                                     f"0..{len(WAYMO.raw_classes) - 1} ({int(bad.sum())} such labels)")
                 seg_parts.append(classes.astype(np.uint8))
             else:
                 seg_parts.append(np.full(n, UNLABELLED, dtype=np.uint8))  # a return without labels
@@ -217,7 +271,11 @@ def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
             f"a stripped or camera-only file? ({len(frame.lasers)} lasers, {images} range images, no return in any; "
             "`gpicture convert --skip-empty-frames` skips such frames)")
     finite = np.isfinite(xyz).all(axis=1)
+    for key in ("intensity", "elongation", "nlz"):  # the range image's channels; the others are constants
+        finite &= np.isfinite(np.concatenate(feats[key]))
     dropped = int(len(xyz) - finite.sum())
+    if dropped and nonfinite.points == ERROR:
+        raise nonfinite_points_error(where, dropped, len(xyz))
     if dropped:
         xyz = xyz[finite]
     if len(xyz) == 0:
@@ -233,6 +291,9 @@ def read_frame(path: Path, index: int, labels: bool = True) -> RawFrame:
             seg_labels = seg_labels[finite]
 
     boxes, names, velocity, num_points, ids, difficulty = _boxes(frame.laser_labels) if labels else (None,) * 6
+    if boxes is not None and (bad := bad_box_rows(boxes, velocity)).any():
+        raise ValueError(f"{where}: laser label {ids[int(np.argmax(bad))]!r}: non-finite box or infinite speed "
+                         f"({int(bad.sum())} such labels; convert.nonfinite.boxes: error)")
     out = RawFrame(
         frame_id=f"{frame.context.name}/{frame.timestamp_micros}",
         scene=frame.context.name,
