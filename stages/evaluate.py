@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import torch
 import typer
 from rich.console import Console
 
-from gpicture.atomic import write_file_atomic
+from gpicture.atomic import claim_output, write_file_atomic
 from gpicture.data.spec import DATASETS, dataset_spec
 from gpicture.data.store import VoxelStore
 from gpicture.eval.baselines import constant_predictions, majority_class
@@ -23,6 +26,27 @@ from stages.finetune import task_for
 
 class Baseline(str, Enum):
     majority = "majority"
+
+
+def check_writable(path: Path, folder: bool = False) -> None:
+    """OSError naming ``path`` unless a file (or, with ``folder``, files inside it) can be written
+    there: probed with a temporary file in the nearest existing folder, which nothing else
+    touches, so a read-only output fails before the (long) scoring, not after it."""
+    if path.is_dir() and not folder:
+        raise OSError(f"{path}: is a folder, not a metrics file")
+    if path.exists() and not path.is_dir() and folder:
+        raise OSError(f"{path}: is a file, not a folder")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OSError(f"{path}: cannot be written ({parent} is not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gpicture-write-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"{path}: cannot be written ({exc.strerror or exc} in {parent})") from None
 
 
 def evaluate(
@@ -49,39 +73,54 @@ def evaluate(
     err = Console(stderr=True)
     store = store or Path(f"data/zarr/{dataset}/val.zarr")
     out = out or Path(f"metrics/{dataset}/{task.value}.json")
-    try:
-        spec = dataset_spec(dataset)
-        sec = load_section(params, "evaluate", task.value)
-        src = VoxelStore.open(store)
-        if src.attrs["dataset"] != spec.name:
-            raise ValueError(f"{store}: a {src.attrs['dataset']} store, not {spec.name}")
-        source = RawSource.of_store(src.attrs, raw_root)  # where the official tools find the raw split
-        if not source.root.exists():
-            err.print(f"note: {source.root}: the raw split {store} was converted from is not there (from "
-                      f"{Path.cwd()}); the official tools that read it need --raw-root", soft_wrap=True)
-        impl = task_for(task, score_threshold=float(sec.get("score_threshold", 0.05)))
-        report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
-        if baseline is not None:
-            if task is not TaskName.segmentation or predictions is not None:
-                raise ValueError("--baseline majority scores segmentation, without --predictions")
-            major = majority_class(spec, train_store or Path(f"data/zarr/{dataset}/train.zarr"))
-            err.print(f"baseline: {major.name} (class {major.label}, {major.fraction:.1%} of the labelled training "
-                      "points) for every point", soft_wrap=True)
-            predictions = impl.write(spec, constant_predictions(spec, store, major.label), store, report_dir,
-                                     source).path
-        if predictions is None:
-            net = load_model(impl, model or Path(f"models/{task.value}/{dataset}/model.pt"), spec, src.attrs)
-            if torch.cuda.is_available():
-                net = net.cuda()
-            written = impl.write(spec, predict(impl, net, store, int(sec.get("batch_size", 2))), store, report_dir,
-                                 source)
-            predictions = written.path
-            err.print(f"wrote {predictions}: {written.count} {written.unit}")
-        metrics = impl.score(spec, predictions, store, report_dir, source)
-    except (ParamsError, KeyError, OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    write_file_atomic(out, json.dumps(metrics, indent=1))
+    with ExitStack() as claims:
+        try:
+            spec = dataset_spec(dataset)
+            sec = load_section(params, "evaluate", task.value)
+            report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
+            check_writable(out)  # before scoring: a read-only --out must not cost a whole evaluation
+            check_writable(report_dir, folder=True)
+            # one writer per metrics file and predictions folder (gpicture.atomic), held to the end
+            claims.enter_context(claim_output(out, "metrics", exist_ok=True))
+            claims.enter_context(claim_output(report_dir, "predictions", exist_ok=True))
+            if predictions is not None and predictions.is_file() and predictions.stat().st_size == 0:
+                raise ValueError(f"{predictions}: an empty predictions file (0 bytes): not scored. (A Waymo Objects file "
+                                 "without a single box is 0 bytes too; to score a model that detects nothing, run "
+                                 "evaluate on the model, without --predictions)")
+            src = VoxelStore.open(store)
+            if src.attrs.get("dataset") != spec.name:
+                raise ValueError(f"{store}: a {src.attrs.get('dataset')} store, but the evaluation is on {spec.name} "
+                                 f"(--dataset {spec.name}): pass a {spec.name} store")
+            source = RawSource.of_store(src.attrs, raw_root)  # where the official tools find the raw split
+            if not source.root.exists():
+                err.print(f"note: {source.root}: the raw split {store} was converted from is not there (from "
+                          f"{Path.cwd()}); the official tools that read it need --raw-root", soft_wrap=True)
+            impl = task_for(task, score_threshold=float(sec.get("score_threshold", 0.05)))
+            if baseline is not None:
+                if task is not TaskName.segmentation or predictions is not None:
+                    raise ValueError("--baseline majority scores segmentation, without --predictions")
+                major = majority_class(spec, train_store or Path(f"data/zarr/{dataset}/train.zarr"))
+                err.print(f"baseline: {major.name} (class {major.label}, {major.fraction:.1%} of the labelled training "
+                          "points) for every point", soft_wrap=True)
+                predictions = impl.write(spec, constant_predictions(spec, store, major.label), store, report_dir,
+                                         source).path
+            if predictions is None:
+                net = load_model(impl, model or Path(f"models/{task.value}/{dataset}/model.pt"), spec, src.attrs)
+                if torch.cuda.is_available():
+                    net = net.cuda()
+                written = impl.write(spec, predict(impl, net, store, int(sec.get("batch_size", 2))), store, report_dir,
+                                     source)
+                predictions = written.path
+                err.print(f"wrote {predictions}: {written.count} {written.unit}")
+            metrics = impl.score(spec, predictions, store, report_dir, source)
+        except (ParamsError, KeyError, OSError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        try:
+            write_file_atomic(out, json.dumps(metrics, indent=1))
+        except OSError as exc:
+            err.print(f"[red]error:[/red] {out}: cannot be written ({exc.strerror or exc})", soft_wrap=True)
+            raise typer.Exit(2) from None
     if metrics.get("scenes_missing"):
         err.print(f"note: evaluated the {len(metrics['scenes'])} scene(s) of the split this dataset holds "
                   f"({', '.join(metrics['scenes'])}); {metrics['scenes_missing']} scene(s) of the split are not in it",

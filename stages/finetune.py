@@ -18,7 +18,7 @@ from gpicture.tasks.segmentation import SegmentationTask
 from gpicture.training.engine import DistInfo, TrainConfig
 from gpicture.training.finetune import FinetuneRun, resolve_init
 from gpicture.training.finetune import finetune as run_finetune
-from gpicture.training.launch import launch
+from gpicture.training.launch import claim_run, launch
 
 
 def task_for(name: TaskName, score_threshold: float = 0.1) -> EvaluatedTask:
@@ -74,7 +74,8 @@ def finetune(
         raise typer.Exit(2) from None
     run = FinetuneRun(spec, prof, store, out, cfg, DistInfo(), init_path, fraction, resume=resume)
     try:
-        metrics = launch(finetune_rank, (impl, settings, run), n_procs)
+        with claim_run(out):  # one writer per run folder
+            metrics = launch(finetune_rank, (impl, settings, run), n_procs)
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from gpicture.params import ParamsError, load_section, model_profile, with_profile
 from gpicture.training.engine import DistInfo, TrainConfig
-from gpicture.training.launch import launch
+from gpicture.training.launch import claim_run, launch
 from gpicture.training.pretrain import DGPLConfig, MaskConfig, run_pretrain
 
 
@@ -49,7 +49,7 @@ def pretrain(
         m, d = sec["mask"], sec["dgpl"]
         mask = MaskConfig(int(m["n_clusters"]), tuple(m["n_partition"]), float(m["lambda_threshold"]), tuple(m["base_ratio"]))
         dgpl = DGPLConfig(float(d["delta"]), float(d["gamma"]), int(d["first_layers"]), int(d["probe_frames"]))
-    except (ParamsError, KeyError, OSError) as exc:
+    except (ParamsError, KeyError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     split = str(sec.get("split", "pretrain"))
@@ -58,11 +58,12 @@ def pretrain(
     out = out or Path(f"models/pretrain/{dataset}")
     kwargs = dict(true_points=int(sec["heads"]["true_points"]), pred_points=int(sec["heads"]["pred_points"]),
                   decoder_blocks=_blocks(sec["decoder_blocks"]), resume=resume,
-                  frame_fraction=float(sec.get("frame_fraction", 1.0)),
+                  frame_fraction=float(sec.get("frame_fraction", 1.0)), dataset=dataset,
                   teacher_targets=bool(sec.get("teacher_targets", True) if teacher_targets is None else teacher_targets))
     try:
-        metrics = launch(pretrain_rank, (prof, store, teacher, out, cfg, tuple(alpha), mask, dgpl, kwargs),
-                         int(procs if procs is not None else sec.get("procs", 1)))
+        with claim_run(out):  # one writer per run folder
+            metrics = launch(pretrain_rank, (prof, store, teacher, out, cfg, tuple(alpha), mask, dgpl, kwargs),
+                             int(procs if procs is not None else sec.get("procs", 1)))
     except (ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -15,10 +15,8 @@ instead of twice per run. Each run is exactly ``gpicture finetune`` + ``gpicture
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +24,11 @@ import click
 import typer
 from rich.console import Console
 
+from gpicture.atomic import claim_output
 from gpicture.params import ParamsError, load_section
 from gpicture.study import StudySpec, run_metrics_path, run_path
 from gpicture.tasks.base import TaskName
+from gpicture.workers import pool_as_completed
 from stages.evaluate import evaluate
 from stages.finetune import finetune
 
@@ -119,16 +119,18 @@ def study_run(
     todo = plan(spec, task.value, init, str(inits[init]), params, epochs, batch)
     err.print(f"study {task.value} / {init}: {len(todo)} runs, {n_jobs} at a time")
     t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(run_job, j): j for j in todo}
-        for k, f in enumerate(as_completed(futures), 1):
-            if f.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                err.print(f"[red]error:[/red] {f.exception()}", soft_wrap=True)
-                raise typer.Exit(2)
-            err.print(f"study {k}/{len(todo)} done: {futures[f].name} in {f.result():.0f} s "
-                      f"({time.perf_counter() - t0:.0f} s so far)")
+    try:
+        # one writer per (task, init): its two folders are claimed for the whole stage (gpicture.atomic)
+        with claim_output(Path("models/study") / task.value / init, "study-runs", exist_ok=True), \
+                claim_output(Path("metrics/study") / task.value / init, "study-metrics", exist_ok=True):
+            # fresh single-thread interpreters (spawn: no forked torch thread pools); the first run that
+            # fails, or a Ctrl-C, ends the pool (gpicture.workers)
+            for k, (i, seconds) in enumerate(pool_as_completed(run_job, [(j,) for j in todo], n_jobs,
+                                                               init=_worker_init, start_method="spawn"), 1):
+                err.print(f"study {k}/{len(todo)} done: {todo[i].name} in {seconds:.0f} s "
+                          f"({time.perf_counter() - t0:.0f} s so far)")
+    except (RuntimeError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
     Console().print(f"wrote models/study/{task.value}/{init} and metrics/study/{task.value}/{init}: "
                     f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", soft_wrap=True)

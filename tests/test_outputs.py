@@ -149,3 +149,21 @@ def test_claims_exclude_other_processes(tmp_path) -> None:
         holder.wait()
     with OutputLock(out) as lock:  # the kernel released the dead holder's lock; its stale file is reused
         assert lock.owns()
+
+
+@pytest.mark.parametrize("command", [
+    ["finetune", "--task", "segmentation", "--dataset", "nuscenes", "--init", "scratch", "--procs", "1"],
+    ["pretrain", "--dataset", "nuscenes", "--procs", "1"],
+    ["evaluate", "--task", "segmentation", "--dataset", "nuscenes"],
+])
+def test_training_and_evaluation_outputs_have_one_writer(tmp_path, command) -> None:
+    out = tmp_path / ("metrics.json" if command[0] == "evaluate" else "run")
+    args = [*command, "--out", str(out), "--store", str(tmp_path / "missing.zarr")]
+    if command[0] == "evaluate":
+        args += ["--report-dir", str(tmp_path / "predictions")]
+    with OutputLock(out):  # a run of the same folder / metrics file is under way
+        res = runner.invoke(app, args)
+    assert res.exit_code == 2 and f"{out}: another process" in res.output, res.output
+    assert not out.exists()
+    res = runner.invoke(app, args)  # free again: the run gets as far as its (missing) store
+    assert res.exit_code == 2 and "missing.zarr" in res.output and "another process" not in res.output, res.output

@@ -3,22 +3,45 @@
 :func:`evaluate_submission` runs ``nuscenes.eval.detection.evaluate.DetectionEval`` with the
 ``detection_cvpr_2019`` configuration on an official submission file
 (:mod:`gpicture.eval.nuscenes_submission`), after checking the file itself so that a bad
-submission gives a ValueError naming the file instead of a bare devkit assertion.
+submission gives a ValueError naming the file instead of a bare devkit assertion, and
+whatever the devkit still raises becomes a ValueError naming the file too.
+
+A submission without a single box is legal in the format (every sample an empty list) but
+the devkit's loader cannot read one (it infers the box type from the first box); it is
+scored by the devkit's own ``DetectionEval.evaluate`` on no boxes (mAP 0, NDS 0, every TP
+error 1), with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from gpicture.atomic import write_file_atomic
+from gpicture.data.nuscenes_reader import open_nuscenes
 from gpicture.eval.nuscenes_scenes import sample_tokens, split_scenes
 from gpicture.eval.nuscenes_submission import check_submission
+
+log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, obj: Any) -> None:
     write_file_atomic(path, json.dumps(obj, indent=2))
+
+
+def _no_boxes_eval(cfg: Any, meta: dict) -> Any:
+    """The devkit's ``DetectionEval`` with no box on either side, for ``evaluate()`` alone: with
+    no prediction every class accumulates the devkit's ``no_predictions`` data whatever the
+    ground truth, so its metrics are those of an empty submission."""
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    ev = DetectionEval.__new__(DetectionEval)  # its __init__ loads the submission, which fails on no box
+    ev.cfg, ev.meta, ev.verbose = cfg, dict(meta), False
+    ev.gt_boxes, ev.pred_boxes = EvalBoxes(), EvalBoxes()
+    return ev
 
 
 def evaluate_submission(nusc_root: Path, version: str, eval_set: str, submission: Path, out_dir: Path, *,
@@ -32,24 +55,31 @@ def evaluate_submission(nusc_root: Path, version: str, eval_set: str, submission
     keeps them; ``scenes_missing``: how many of the split it lacks). ``nusc`` reuses an already
     loaded ``NuScenes`` of ``nusc_root`` / ``version``. ValueError naming the file for a
     submission that is not valid JSON, lacks ``results``, or whose samples are not
-    exactly those of ``eval_set``.
+    exactly those of ``eval_set``; a submission without any box scores 0 with a warning
+    (module docstring); any other devkit failure is a ValueError naming the file.
     """
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
-    from nuscenes.nuscenes import NuScenes
 
     submission, out_dir = Path(submission), Path(out_dir)
     if nusc is None:
-        nusc = NuScenes(version=version, dataroot=str(nusc_root), verbose=False)
+        nusc = open_nuscenes(Path(nusc_root), version)
     cfg = config_factory("detection_cvpr_2019")
     scenes = split_scenes(nusc, eval_set)
-    check_submission(submission, set(sample_tokens(nusc, scenes)), cfg.max_boxes_per_sample)
+    data = check_submission(submission, set(sample_tokens(nusc, scenes)), cfg.max_boxes_per_sample)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        ev = DetectionEval(nusc, cfg, str(submission), eval_set, str(out_dir), verbose=False)
+        if not any(data["results"].values()):
+            log.warning("%s: a submission without a single box: it scores mAP 0 and NDS 0", submission)
+            ev = _no_boxes_eval(cfg, data["meta"])
+        else:
+            ev = DetectionEval(nusc, cfg, str(submission), eval_set, str(out_dir), verbose=False)
+        metrics, details = ev.evaluate()  # DetectionEval.main without its printing and plots
     except AssertionError as e:  # anything the checks above did not foresee
         raise ValueError(f"{submission}: refused by the nuScenes devkit: {e}") from None
-    metrics, details = ev.evaluate()  # DetectionEval.main without its printing and plots
+    except Exception as e:  # noqa: BLE001  (the devkit's KeyErrors, IndexErrors, ...: a message, not a traceback)
+        raise ValueError(f"{submission}: the nuScenes devkit's DetectionEval failed on it "
+                         f"({type(e).__name__}: {e})") from None
     summary = metrics.serialize()
     summary["meta"] = ev.meta.copy()
     _write_json(out_dir / "metrics_summary.json", summary)

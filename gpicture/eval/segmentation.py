@@ -252,8 +252,12 @@ def score_segmentation(spec: DatasetSpec, predictions: Path, store: Path, report
                     cm += confusion(lut[np.fromfile(label_file, dtype=np.uint8)[~keep]], pred[~keep], c, 0)
             _check_no_extra(bins, expected)
             ours, _ = iou_from_confusion(cm, 0)
-            with lidarseg_on_present_scenes(nusc, scenes):  # a split the dataset holds only part of
-                res = LidarSegEval(nusc, str(predictions), source.eval_set).evaluate()
+            try:
+                with lidarseg_on_present_scenes(nusc, scenes):  # a split the dataset holds only part of
+                    res = LidarSegEval(nusc, str(predictions), source.eval_set).evaluate()
+            except Exception as e:  # noqa: BLE001  (the devkit's asserts and KeyErrors: a message naming the folder)
+                raise ValueError(f"{predictions}: the nuScenes devkit's LidarSegEval failed on it "
+                                 f"({type(e).__name__}: {e})") from None
             miou = float(res["miou"])
             # the devkit divides by float32 unions: exact below 2**24 points per class, 1e-7 relative above
             if not (np.isclose(miou, ours, rtol=0, atol=1e-6) or (np.isnan(miou) and np.isnan(ours))):

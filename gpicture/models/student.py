@@ -46,6 +46,14 @@ class StudentConfig:
         return cls(point_features=tuple(p["point_features"]), vfe_filters=filters, voxel_size=vs,
                    point_cloud_range=pcr, dsvt=DSVTConfig.from_params(p, (int(nx), int(ny), int(nz))))
 
+    @property
+    def grid(self) -> dict[str, list]:
+        """The grid the backbone runs on, as a store's attrs and a ``student.pt`` record it:
+        ``voxel_size`` (m, x y z), ``point_cloud_range`` (m, x0 y0 z0 x1 y1 z1), ``grid_shape_zyx``."""
+        nx, ny, nz = self.dsvt.sparse_shape
+        return {"voxel_size": list(self.voxel_size), "point_cloud_range": list(self.point_cloud_range),
+                "grid_shape_zyx": [int(nz), int(ny), int(nx)]}
+
 
 class Student(nn.Module):
     """Points and voxels of a batch -> DSVT output (and a BEV map)."""

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from gpicture.atomic import move_into_place
+from gpicture.atomic import OutputError, OutputLock, claim_output, move_into_place
 from gpicture.data.store import StoreError, VoxelStore
 from gpicture.teacher.voxels import COORDINATES, TRANSFORMS, TeacherVoxels, input_channel, teacher_voxels
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # only for annotations: building needs MinkowskiEngine, readi
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+TEACHER_FORMAT = "gpicture-teacher-store"  # the store's format attribute, and its output kind (gpicture.atomic)
 CHUNK = 1 << 15
 DIM = 64
 
@@ -106,9 +107,33 @@ def frame_teacher_voxels(fr, keep: np.ndarray, cfg: TeacherConfig) -> TeacherVox
     return teacher_voxels(fr.points[keep], channel, cfg.voxel_size, cfg.coordinates, cfg.angle_bin_deg)
 
 
+class NonFiniteFeatures(ValueError):
+    """The teacher produced NaN / inf features for a frame (raised before anything is written)."""
+
+
+def _check_finite(frames: list, out: np.ndarray, inputs: list[np.ndarray], teacher: SealTeacher) -> None:
+    """NonFiniteFeatures naming the first frame whose teacher outputs are not all finite, and
+    why when it can tell (non-finite input channel in the store, else the network itself)."""
+    bad_rows = ~np.isfinite(out).all(1)
+    if not bad_rows.any():
+        return
+    offset = 0
+    for fr, inp in zip(frames, inputs, strict=True):
+        n_t = len(inp)
+        bad = int(bad_rows[offset:offset + n_t].sum())
+        if bad:
+            bad_in = int((~np.isfinite(inp)).sum())
+            cause = (f"{bad_in} of its teacher input values (intensity) are non-finite in the store: reconvert it"
+                     if bad_in else f"the teacher ({teacher.description}) overflowed on finite input")
+            raise NonFiniteFeatures(f"frame {fr.frame_id!r} (index {fr.index}): {bad} of {n_t} teacher voxels have "
+                                    f"non-finite (NaN / inf) features; {cause}. Nothing of this frame was written")
+        offset += n_t
+
+
 def frame_batch_features(teacher: SealTeacher, frames: list, cfg: TeacherConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """Teacher features averaged into each frame's canonical voxels: per frame
-    ((V_i, 64) float32, (V_i,) bool valid)."""
+    ((V_i, 64) float32, (V_i,) bool valid). NonFiniteFeatures (a ValueError naming the frame)
+    when the teacher's output holds NaN or inf: such features never reach a store."""
     coords, feats, links = [], [], []
     offset = 0
     for b, fr in enumerate(frames):
@@ -122,6 +147,7 @@ def frame_batch_features(teacher: SealTeacher, frames: list, cfg: TeacherConfig)
         links.append(pair)
         offset += n_t
     out = teacher.encode(np.concatenate(coords), np.concatenate(feats)) if offset else np.zeros((0, DIM), np.float32)
+    _check_finite(frames, out, feats, teacher)
     result = []
     for fr, pair in zip(frames, links, strict=True):
         v = len(fr.voxel_coords)
@@ -179,7 +205,7 @@ def _open_partial(partial: Path, settings: dict[str, Any], source: VoxelStore, c
     g.create_array("valid", shape=(v,), chunks=(CHUNK,), dtype="bool", compressors=comp)
     ptr = np.array([source.voxel_range(i)[0] for i in range(len(source))] + [v], dtype=np.int64)
     g.create_array("frames/voxel_ptr", data=ptr, chunks=(4096,), compressors=comp)
-    g.attrs.update({"format": "gpicture-teacher-store", "schema_version": SCHEMA_VERSION, "settings": settings,
+    g.attrs.update({"format": TEACHER_FORMAT, "schema_version": SCHEMA_VERSION, "settings": settings,
                     "frames_done": 0, "complete": False})
     return g
 
@@ -192,8 +218,18 @@ def build_teacher_store(source_path: Path, out: Path, teacher: SealTeacher, cfg:
     cfg.validate()
     source = VoxelStore.open(source_path)
     out = Path(out)
-    if out.exists() and not force:
-        raise StoreError(f"{out}: output exists (use --force to replace it)")
+    # One writer per output: a second run on the same --out fails here at once instead of
+    # removing the first one's partial work; --force replaces only a teacher store.
+    try:
+        with claim_output(out, TEACHER_FORMAT, force=force) as lock:
+            return _build(source, out, teacher, cfg, lock, progress, stop_after)
+    except OutputError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _build(source: VoxelStore, out: Path, teacher: SealTeacher, cfg: TeacherConfig, lock: OutputLock,
+           progress: Callable[[int, int], None] | None, stop_after: int | None) -> dict[str, Any]:
+    """:func:`build_teacher_store`'s work, under the claim ``lock`` on ``out``."""
     partial = out.with_name(f".{out.name}.partial")
     settings = _settings(source, teacher, cfg)
     g = _open_partial(partial, settings, source, cfg)
@@ -203,7 +239,10 @@ def build_teacher_store(source_path: Path, out: Path, teacher: SealTeacher, cfg:
     for b0 in range(start, n, cfg.batch_frames):
         b1 = min(b0 + cfg.batch_frames, n)
         frames = [source.frame(i, labels=False) for i in range(b0, b1)]  # the teacher sees no label
-        feats = frame_batch_features(teacher, frames, cfg)
+        try:
+            feats = frame_batch_features(teacher, frames, cfg)
+        except NonFiniteFeatures as exc:  # the partial keeps only the frames before this batch (all finite)
+            raise NonFiniteFeatures(f"{source.path}: {exc}; {out} not written") from None
         v0, v1 = source.voxel_range(b0)[0], source.voxel_range(b1 - 1)[1]
         block = np.concatenate([f for f, _ in feats]) if feats else np.zeros((0, DIM), np.float32)
         if cfg.dtype == "int8":
@@ -220,7 +259,7 @@ def build_teacher_store(source_path: Path, out: Path, teacher: SealTeacher, cfg:
         if stop_after is not None and done_now >= stop_after and b1 < n:
             return {"frames": b1, "complete": False}
     g.attrs["complete"] = True
-    move_into_place(partial, out)
+    move_into_place(partial, out, TEACHER_FORMAT, lock)
     valid = TeacherStore.open(out).valid_fraction()
     return {"frames": n, "voxels": source.n_voxels, "valid_fraction": round(valid, 4), "complete": True,
             "resumed_from": start}
@@ -243,7 +282,7 @@ class TeacherStore:
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not a teacher store (no zarr.json)")
         g = zarr.open_group(str(path), mode="r")
-        if g.attrs.get("format") != "gpicture-teacher-store":
+        if g.attrs.get("format") != TEACHER_FORMAT:
             raise StoreError(f"{path}: not a gpicture teacher store")
         if not g.attrs.get("complete"):
             raise StoreError(f"{path}: incomplete teacher store (an interrupted run); run `gpicture teacher` again")
@@ -256,14 +295,31 @@ class TeacherStore:
     def __len__(self) -> int:
         return len(self._ptr) - 1
 
-    def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(features (V_i, 64) float32, valid (V_i,) bool) of frame i, rows in the source's voxel order."""
-        v0, v1 = int(self._ptr[i]), int(self._ptr[i + 1])
+    def _rows(self, v0: int, v1: int) -> np.ndarray:
+        """Feature rows v0:v1 as float32 (int8 stores: times their per-row scale)."""
         f = np.asarray(self._g["features"][v0:v1]).astype(np.float32)
         if self.dtype == "int8":
             f *= np.asarray(self._g["scale"][v0:v1])[:, None]
+        return f
+
+    def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features (V_i, 64) float32, valid (V_i,) bool) of frame i, rows in the source's voxel order.
+        StoreError naming the store when a row holds NaN / inf (the writer never stores such rows,
+        so the store was damaged or edited): a NaN target would poison pre-training."""
+        v0, v1 = int(self._ptr[i]), int(self._ptr[i + 1])
+        f = self._rows(v0, v1)
+        bad = ~np.isfinite(f).all(1)
+        if bad.any():
+            raise StoreError(f"{self.path}: frame {i} has {int(bad.sum())} of {len(f)} voxels with non-finite "
+                             "(NaN / inf) teacher features (a damaged or edited store); recompute it with "
+                             "`gpicture teacher --force`")
         return f, np.asarray(self._g["valid"][v0:v1])
 
     def valid_fraction(self) -> float:
-        v = np.asarray(self._g["valid"][:])
-        return float(v.mean()) if len(v) else 0.0
+        """Fraction of the voxels with a teacher feature that is present and finite (read in chunks)."""
+        n = int(self._g["valid"].shape[0])
+        good = 0
+        for a in range(0, n, CHUNK):
+            b = min(a + CHUNK, n)
+            good += int((np.asarray(self._g["valid"][a:b]) & np.isfinite(self._rows(a, b)).all(1)).sum())
+        return good / n if n else 0.0

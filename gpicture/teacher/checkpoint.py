@@ -35,7 +35,7 @@ def file_sha256(path: Path) -> str:
 def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> str:
     """Write weights (Seal's layout, under ``state_dict``) with ``metadata`` beside them,
     atomically; returns the file's sha256. Refuses non-finite weights."""
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = nonfinite_keys(state_dict)
     if bad:
         raise CheckpointError(f"{path}: refusing to write non-finite weights ({', '.join(bad[:4])})")
     path = Path(path)
@@ -47,6 +47,25 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], metadata: d
     finally:
         tmp.unlink(missing_ok=True)
     return file_sha256(path)
+
+
+def nonfinite_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of the floating-point tensors that hold a NaN or an infinity (one host sync)."""
+    names = [k for k, v in state_dict.items() if v.is_floating_point() or v.is_complex()]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(state_dict[k]).all().cpu() for k in names])
+    return [names[i] for i in (~ok).nonzero()[:, 0].tolist()]
+
+
+def check_finite_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming ``path`` and the first offending tensors when any weight is NaN
+    or infinite: such a teacher gives NaN features for (almost) every voxel."""
+    bad = nonfinite_keys(state_dict)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f", ... ({len(bad)} tensors in all)" if len(bad) > 4 else "")
+        raise CheckpointError(f"{path}: non-finite weights (NaN or inf) in {shown}; the checkpoint is damaged "
+                              "(or its training diverged): use another one")
 
 
 def strip_prefixes(key: str) -> str:
@@ -67,7 +86,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The weights of a checkpoint file (unwrapped, prefixes removed) and the metadata
     ``gpicture teacher-fit`` stores beside them (key ``gpicture_teacher``; None in Seal's
-    and SLidR's own files)."""
+    and SLidR's own files). Weights holding NaN or inf are refused (CheckpointError naming the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -82,7 +101,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict (top level, 'state_dict' or 'model_points')")
-    return {strip_prefixes(k): v for k, v in obj.items()}, meta if isinstance(meta, dict) else None
+    weights = {strip_prefixes(k): v for k, v in obj.items()}
+    check_finite_weights(path, weights)
+    return weights, meta if isinstance(meta, dict) else None
 
 
 def check_layout(path: Path, given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +27,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from gpicture.data.batch import VoxelBatch
+
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteError(ValueError):
+    """A NaN / inf loss or gradient in training, or non-finite tensors in a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -123,16 +130,92 @@ def load_weights(model: nn.Module, weights: dict[str, Tensor], path: Path) -> nn
     return model.eval()
 
 
+def nonfinite_entries(obj: Any, prefix: str = "") -> list[str]:
+    """Where (dotted keys) a nested dict / list / tuple of tensors holds NaN or inf, in one host sync."""
+    found: list[tuple[str, Tensor]] = []
+
+    def walk(o: Any, key: str) -> None:
+        if isinstance(o, Tensor):
+            if o.is_floating_point() or o.is_complex():
+                found.append((key, o))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(o, list | tuple):
+            for j, v in enumerate(o):
+                walk(v, f"{key}.{j}" if key else str(j))
+
+    walk(obj, prefix)
+    if not found:
+        return []
+    ok = torch.stack([torch.isfinite(t).all().cpu() for _, t in found])
+    return [found[j][0] for j in (~ok).nonzero()[:, 0].tolist()]
+
+
+def check_finite(obj: Any, path: Path, action: str) -> None:
+    """NonFiniteError naming ``path``, the first offending entries and ``action`` (what the user
+    can do) if ``obj`` holds NaN / inf tensors."""
+    bad = nonfinite_entries(obj)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f", ... ({len(bad)} in all)" if len(bad) > 4 else "")
+        raise NonFiniteError(f"{path}: non-finite (NaN / inf) values in {shown}; {action}")
+
+
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file renamed into place (never a half-written file)."""
+    """``torch.save`` through a temporary file renamed into place (never a half-written file).
+    Refuses (NonFiniteError, nothing written) an object holding NaN / inf tensors: a poisoned
+    checkpoint would only move the failure to the next stage."""
+    check_finite(obj, path, "refusing to write it (nothing written)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load`` of a file this project wrote; ValueError naming ``path`` for anything that
+    is not a readable PyTorch checkpoint (a text file, an empty or truncated file, a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint file") from None
+    except Exception as exc:  # noqa: BLE001  (pickle, zip and EOF errors of every kind)
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def batch_frames(batch: Any, frame_ids: Sequence[str] | None) -> list[str]:
+    """The frames of a batch, for messages: its ``voxels`` (a :class:`VoxelBatch`, what every
+    batch of this project carries) give store indices, ``frame_ids`` (the store's) their ids."""
+    voxels = getattr(batch, "voxels", batch)
+    if not isinstance(voxels, VoxelBatch):
+        return []
+    index = voxels.frame_index.tolist()
+    return [frame_ids[k] if frame_ids is not None and 0 <= k < len(frame_ids) else f"#{k}" for k in index]
+
+
+def _nonfinite_step(loss: float, grad_norm: float, check_grad: bool, batch: Any, frame_ids: Sequence[str] | None,
+                    where: str, world_size: int) -> NonFiniteError | None:
+    """The error of a step whose loss (or, when checked, gradient norm) is NaN / inf, else None."""
+    if math.isfinite(loss) and (math.isfinite(grad_norm) or not check_grad):
+        return None
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm} (loss {loss})"
+    frames = batch_frames(batch, frame_ids)
+    shared = (f"; gradients are averaged over the {world_size} processes, so the frames at fault may be another "
+              "process's") if world_size > 1 and math.isfinite(loss) else ""
+    return NonFiniteError(f"{where}: non-finite {what} on frames {frames}{shared}; stopped before the "
+                          "optimiser step, no checkpoint written for this epoch (check those frames' points and "
+                          "teacher features, or lower the learning rate)")
 
 
 def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step_fn: StepFn, cfg: TrainConfig,
         out_dir: Path, dist: DistInfo, hooks: Hooks | None = None, resume: bool = True,
-        stop_after_epochs: int | None = None, progress: bool = True, run_key: str = "") -> dict[str, float]:
+        stop_after_epochs: int | None = None, progress: bool = True, run_key: str = "",
+        frame_ids: Sequence[str] | None = None) -> dict[str, float]:
     """Train ``model`` for ``cfg.epochs`` epochs (resuming from ``out_dir/checkpoint.pt``).
 
     ``step_fn`` returns the loss to back-propagate and scalars to log. Returns the
@@ -140,6 +223,13 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
     ``run_key`` identifies everything that defines the run (data, model, settings): a
     checkpoint written under another key (say, before `dvc exp run -S ...` changed a
     parameter) is never resumed.
+
+    The first step whose loss or gradient norm is NaN / inf stops the run with a
+    NonFiniteError naming the epoch, the step and the batch's frames (``frame_ids``: the
+    store's ids, indexed by the batches' ``voxels.frame_index``), before the optimiser step
+    and before any checkpoint of that epoch. Under AMP (CUDA) an infinite gradient is the
+    scaler's business (it skips the step and lowers the scale), so only the loss is checked
+    there. A resumed checkpoint with non-finite tensors is refused.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +248,11 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch = 0
     ckpt_path = out_dir / CHECKPOINT
-    state = torch.load(ckpt_path, map_location=dist.device, weights_only=False) if resume and ckpt_path.exists() else None
+    state = load_checkpoint_file(ckpt_path, dist.device) if resume and ckpt_path.exists() else None
+    if state is not None and not isinstance(state, dict):
+        raise ValueError(f"{ckpt_path}: not a training checkpoint; remove it or pass --no-resume")
+    if state is not None:
+        check_finite(state, ckpt_path, "not resuming from it: remove it or pass --no-resume")
     if state is not None and (state.get("run_key") != run_key or state.get("config") != asdict(cfg)):
         if dist.is_main:
             log.warning("%s was written for another run (data, model or settings differ): starting afresh", ckpt_path)
@@ -197,10 +291,17 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.grad_clip)
+            # the step's one host sync: loss and gradient norm together, checked before the weights move
+            loss_v, norm_v = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)]).tolist()
+            bad = _nonfinite_step(loss_v, norm_v, not use_amp, batch, frame_ids,
+                                  f"{out_dir}: epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch} "
+                                  f"(global step {ctx.step})", dist.world_size)
+            if bad is not None:
+                raise bad
             scaler.step(opt)
             scaler.update()
             sched.step()
-            metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
+            metrics = {"loss": loss_v, "grad_norm": norm_v, **metrics}
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             if bar is not None:
@@ -215,9 +316,13 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
         if dist.world_size > 1:
             tdist.barrier()
         if dist.is_main:
-            save_atomic({"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg), "run_key": run_key,
-                          "hooks": hooks.state_dict() if hooks is not None else None}, ckpt_path)
+            snapshot = {"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg), "run_key": run_key,
+                        "hooks": hooks.state_dict() if hooks is not None else None}
+            check_finite(snapshot, ckpt_path, f"after epoch {epoch + 1}/{cfg.epochs} the training diverged (weights or "
+                                              "the epoch's probe statistics overflowed: lower the learning rate, check "
+                                              "the data); not written, the previous checkpoint is kept")
+            save_atomic(snapshot, ckpt_path)
             for k, v in last.items():
                 live.log_metric(k, v)
             live.next_step()

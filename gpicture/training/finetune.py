@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,16 @@ from gpicture.training.engine import (
     DistInfo,
     StepContext,
     TrainConfig,
+    check_finite,
     fit,
-    run_key,
+    load_checkpoint_file,
     load_weights,
+    run_key,
     save_atomic,
     unwrap,
 )
+
+log = logging.getLogger(__name__)
 
 ConfigT = TypeVar("ConfigT")
 HeadT = TypeVar("HeadT")
@@ -120,21 +125,57 @@ def resolve_init(init: str, dataset: str) -> Path | None:
     if init == "scratch":
         return None
     path = Path(f"models/pretrain/{dataset}/student.pt") if init == "pretrained" else Path(init)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a pre-trained student file (--init takes pretrained, scratch "
+                         "or the path of a student.pt that `gpicture pretrain` wrote)")
     if not path.is_file():
         raise ValueError(f"{path}: no pre-trained student (run `gpicture pretrain --dataset {dataset}` "
                          "or pass --init scratch)")
     return path
 
 
-def load_pretrained_student(student: Student, path: Path) -> dict[str, list[str]]:
+def check_student_record(state: dict[str, Any], student: Student, path: Path, dataset: str | None) -> None:
+    """ValueError naming ``path`` when the pre-trained student was made for another dataset
+    than ``dataset`` (None: not checked), another grid or other point features than ``student``;
+    a warning for other model-profile differences and for a file without the record (written
+    before ``student.pt`` recorded them): same-shaped weights of another dataset or grid load
+    without error but mean something else."""
+    cfg = student.cfg
+    if state.get("dataset") is None or state.get("grid") is None:
+        log.warning("%s: records no dataset or grid (an older student.pt): loading it unchecked", path)
+    if dataset is not None and state.get("dataset") is not None and state["dataset"] != dataset:
+        raise ValueError(f"{path}: a student pre-trained on {state['dataset']}, but this fine-tune is on {dataset}: "
+                         f"pre-train on {dataset} (gpicture pretrain --dataset {dataset}) or pass --init scratch")
+    grid = state.get("grid")
+    if grid is not None:
+        want = cfg.grid
+        differ = [f"{k} {list(grid.get(k) or [])} (here {want[k]})" for k in want
+                  if grid.get(k) is None or len(grid[k]) != len(want[k])
+                  or not np.allclose(np.asarray(grid[k], float), np.asarray(want[k], float), rtol=0, atol=1e-6)]
+        if differ:
+            raise ValueError(f"{path}: pre-trained on another grid than this store's: {'; '.join(differ)}; "
+                             "pre-train on a store of this grid or pass --init scratch")
+    params = state.get("model_params") or {}
+    if "point_features" in params and tuple(params["point_features"]) != tuple(cfg.point_features):
+        raise ValueError(f"{path}: pre-trained on the point features {list(params['point_features'])}, this model "
+                         f"takes {list(cfg.point_features)}; pre-train with this model profile or pass --init scratch")
+
+
+def load_pretrained_student(student: Student, path: Path, dataset: str | None = None) -> dict[str, list[str]]:
     """Load a pre-trained student (``student.pt``) into ``student``; returns the loaded,
-    missing and unexpected keys. A file that is no student, or whose weights do not fit (mismatched
-    shapes, nothing loadable), is refused with a ValueError naming it."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "gpicture-student":
+    missing and unexpected keys. A file that is no readable student, one with NaN / inf
+    weights, one pre-trained on another dataset than ``dataset`` or another grid
+    (:func:`check_student_record`), or whose weights do not fit (mismatched shapes, nothing
+    loadable), is refused with a ValueError naming it."""
+    path = Path(path)
+    state = load_checkpoint_file(path)
+    if not isinstance(state, dict) or state.get("format") != "gpicture-student" \
+            or not isinstance(state.get("student"), dict):
         raise ValueError(f"{path}: not a gpicture pre-trained student (student.pt)")
-    own = student.state_dict()
     weights = state["student"]
+    check_finite(weights, path, "the file is damaged or its pre-training diverged: use another one")
+    check_student_record(state, student, path, dataset)
+    own = student.state_dict()
     loaded = [k for k in weights if k in own and own[k].shape == weights[k].shape]
     mismatched = [k for k in weights if k in own and own[k].shape != weights[k].shape]
     if not loaded or mismatched:
@@ -145,14 +186,16 @@ def load_pretrained_student(student: Student, path: Path) -> dict[str, list[str]
 
 
 def init_student(student: Student, init: Path | None, out_dir: Path, label_fraction: float, frames: int,
-                 write: bool = True, seed: int | None = None, frame_indices: list[int] | None = None) -> dict[str, Any]:
-    """Initialise ``student`` from ``init`` (None: from scratch, as constructed) and write
-    ``out_dir/init_report.json`` (when ``write``: the main process), with the run's ``seed`` and
-    the store indices of its labelled frames when given. Returns the report."""
+                 write: bool = True, seed: int | None = None, frame_indices: list[int] | None = None,
+                 dataset: str | None = None) -> dict[str, Any]:
+    """Initialise ``student`` from ``init`` (None: from scratch, as constructed; a student
+    pre-trained on another ``dataset`` is refused) and write ``out_dir/init_report.json``
+    (when ``write``: the main process), with the run's ``seed`` and the store indices of its
+    labelled frames when given. Returns the report."""
     if init is None:
         report = {"loaded": [], "missing": "all (from scratch)", "unexpected": []}
     else:
-        report = load_pretrained_student(student, init)
+        report = load_pretrained_student(student, init, dataset)
     summary = {"init": str(init) if init else "scratch", "label_fraction": label_fraction, "frames": frames,
                "loaded": len(report["loaded"]), "missing": report["missing"], "unexpected": report["unexpected"]}
     if seed is not None:
@@ -202,8 +245,9 @@ def finetune(task: FinetuneTask[ConfigT, HeadT, ModelT, Any, Any], settings: Con
     label-efficiency study's seeds therefore vary both the subset and the training."""
     spec, seed = run.spec, run.train.seed
     src = VoxelStore.open(run.store)
-    if src.attrs["dataset"] != spec.name:
-        raise ValueError(f"{run.store}: a {src.attrs['dataset']} store, not {spec.name}")
+    if src.attrs.get("dataset") != spec.name:
+        raise ValueError(f"{run.store}: a {src.attrs.get('dataset')} store, but the fine-tune is on {spec.name} "
+                         f"(--dataset {spec.name}): pass a {spec.name} store")
     labelled = task.labelled_frames(src, spec)
     frames = [labelled[i] for i in label_subset(len(labelled), run.label_fraction, seed)]
     ds = task.dataset(run.store, spec, list(run.model_params["point_features"]), frames, settings, seed)
@@ -212,12 +256,12 @@ def finetune(task: FinetuneTask[ConfigT, HeadT, ModelT, Any, Any], settings: Con
     model = task.build(spec, run.model_params, src.attrs, head)
     out_dir = Path(run.out_dir)
     init_student(model.student, run.init, out_dir, run.label_fraction, len(frames), write=run.dist.is_main, seed=seed,
-                 frame_indices=frames)
+                 frame_indices=frames, dataset=spec.name)
     key = run_key(task=task.name, dataset=spec.name, model_params=run.model_params, store=src.fingerprint,
                   init=None if run.init is None else file_sha256(run.init), label_fraction=run.label_fraction,
                   settings=str(settings))
     metrics = fit(model, ds, task.collate, functools.partial(_step, task=task), run.train, out_dir, run.dist,
-                  hooks=EpochHook(ds), progress=run.progress, run_key=key, resume=run.resume)
+                  hooks=EpochHook(ds), progress=run.progress, run_key=key, resume=run.resume, frame_ids=src.frame_ids)
     if run.dist.is_main:
         save_atomic({"format": f"gpicture-{task.name}", "dataset": spec.name, "model_params": run.model_params,
                      "head": dataclasses.asdict(head), "state": unwrap(model).state_dict()}, out_dir / "model.pt")
@@ -232,15 +276,14 @@ def load_model(task: FinetuneTask[Any, Any, ModelT, Any, Any], path: Path, spec:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such {task.name} model")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001  (pickle and zip errors of every kind)
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from None
+    state = load_checkpoint_file(path)
     fmt = f"gpicture-{task.name}"
-    if not isinstance(state, dict) or state.get("format") != fmt:
+    if not isinstance(state, dict) or state.get("format") != fmt or not isinstance(state.get("state"), dict):
         raise ValueError(f"{path}: not a gpicture {task.name} model (format {fmt!r})")
-    if state["dataset"] != spec.name or store_attrs.get("dataset") != spec.name:
-        raise ValueError(f"{path}: a {state['dataset']} model, the store holds {store_attrs.get('dataset')}")
+    if state.get("dataset") != spec.name or store_attrs.get("dataset") != spec.name:
+        raise ValueError(f"{path}: a {state.get('dataset')} model, the store holds {store_attrs.get('dataset')} "
+                         f"and the evaluation is on {spec.name}")
+    check_finite(state["state"], path, "the model is damaged or its fine-tuning diverged: fine-tune it again")
     model = task.build(spec, state["model_params"], store_attrs, task.head_type.from_dict(state["head"]))
     return load_weights(model, state["state"], path)
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
+from gpicture.atomic import claim_output
 from gpicture.training.engine import setup_distributed
 
 EXPECTED = (ValueError, OSError)  # bad input: reported to the user as one clear error
@@ -50,6 +53,19 @@ def _rank_main(rank: int, fn: Callable[..., Any], args: tuple, procs: int, port:
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+@contextmanager
+def claim_run(out: Path) -> Iterator[None]:
+    """Hold the exclusive claim on a training run's folder ``out`` (:func:`gpicture.atomic.claim_output`:
+    a second fine-tune or pre-training of the same folder fails at once instead of interleaving
+    checkpoints). Taken by the launching process; under ``torchrun`` by rank 0 only, since every
+    rank runs the command."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with claim_output(out, "training-run", exist_ok=True):
+        yield
 
 
 def launch(fn: Callable[..., Any], args: tuple, procs: int = 1) -> Any:

@@ -136,32 +136,38 @@ def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_d
                  alpha: tuple[float, ...], mask: MaskConfig, dgpl: DGPLConfig, dist: DistInfo,
                  true_points: int = 64, pred_points: int = 16, decoder_blocks: tuple[int, ...] = (1,),
                  resume: bool = True, stop_after_epochs: int | None = None, progress: bool = True,
-                 teacher_targets: bool = True, frame_fraction: float = 1.0) -> dict[str, float]:
+                 teacher_targets: bool = True, frame_fraction: float = 1.0,
+                 dataset: str | None = None) -> dict[str, float]:
     """Pre-train a student on a store + teacher store; writes ``out_dir/checkpoint.pt`` each
     epoch, dvclive logs, and ``out_dir/student.pt`` (the backbone, for fine-tuning) at the end.
     ``teacher_targets`` False is the ablation without the teacher reconstruction targets
     (beta = 0 throughout: point targets only; the I2Mask still clusters teacher features).
-    ``frame_fraction`` < 1 pre-trains on the frames of a seeded fraction of the scenes."""
+    ``frame_fraction`` < 1 pre-trains on the frames of a seeded fraction of the scenes.
+    ``dataset`` (the model profile's): a store of another dataset is refused, naming it."""
+    src = VoxelStore.open(store)
+    if dataset is not None and src.attrs.get("dataset") != dataset:
+        raise ValueError(f"{store}: a {src.attrs.get('dataset')} store, but the pre-training is on {dataset} "
+                         f"(--dataset {dataset}): pass a {dataset} store")
     frames = None
     if frame_fraction < 1:
-        frames = scene_subset(VoxelStore.open(store).frame_scenes, frame_fraction, train.seed)
-    dataset = PretrainDataset(store, teacher, frames)
-    attrs = dataset.attrs
+        frames = scene_subset(src.frame_scenes, frame_fraction, train.seed)
+    data = PretrainDataset(store, teacher, frames)
+    attrs = data.attrs
     torch.manual_seed(train.seed)  # the same initial weights in every run and process
     model = build_pretrainer(model_params, attrs, alpha, pred_points, decoder_blocks)
     feature_names = list(model.student.cfg.point_features)
     collate = functools.partial(collate_pretrain, feature_names=feature_names,
                                 voxel_size=tuple(attrs["voxel_size"]), point_cloud_range=tuple(attrs["point_cloud_range"]),
                                 max_points=true_points)
-    probe = collate([dataset[i] for i in range(min(dgpl.probe_frames, len(dataset)))])
+    probe = collate([data[i] for i in range(min(dgpl.probe_frames, len(data)))])
     hooks = DGPLHooks(dgpl, probe, dist.device)
     step = functools.partial(_step, mask_cfg=mask, seed=train.seed, teacher_targets=teacher_targets)
     key = run_key(model_params=model_params, alpha=list(alpha), mask=asdict(mask), dgpl=asdict(dgpl),
                   true_points=true_points, pred_points=pred_points, decoder_blocks=list(decoder_blocks),
                   teacher_targets=teacher_targets, frames=frames,
-                  store=VoxelStore.open(store).fingerprint, teacher=TeacherStore.open(teacher).settings)
-    metrics = fit(model, dataset, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
-                  stop_after_epochs=stop_after_epochs, progress=progress, run_key=key)
+                  store=src.fingerprint, teacher=TeacherStore.open(teacher).settings)
+    metrics = fit(model, data, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
+                  stop_after_epochs=stop_after_epochs, progress=progress, run_key=key, frame_ids=src.frame_ids)
     if dist.is_main and (stop_after_epochs is None or _finished(out_dir, train.epochs)):
         save_student(model.student, model_params, attrs, out_dir / "student.pt", alpha=tuple(alpha))
     return metrics
