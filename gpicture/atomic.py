@@ -9,11 +9,11 @@
 - Claiming an output removes the temporaries that a killed earlier run left beside it
   (``.<name>.tmp-*``, ``.<name>.old-*``: only the names this module makes, and only while
   holding the lock, so no live writer owns them), with a log line.
-- Every folder output carries a marker (``.gpicture-output``, JSON ``{"kind": ...}``) written
-  just before it is moved into place; ``--force`` replaces an existing output only if it is of
-  the same kind (:func:`check_replaceable`). A Zarr group whose ``format`` attribute names the
-  kind counts too (the stores written before the marker existed). Anything else is refused with
-  a message naming it: nothing is deleted that this project did not write.
+- Every folder output says what kind it is: a Zarr store by its ``format`` attribute, any
+  other folder by a marker (``.gpicture-output``, JSON ``{"kind": ...}``) written just before it
+  is moved into place. ``--force`` replaces an existing output only if it is of the same kind
+  (:func:`check_replaceable`); anything else is refused with a message naming it: nothing is
+  deleted that this project did not write.
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ def test_repeated_interrupts_of_a_parallel_convert(raw, tmp_path, venv_bin) -> N
         if out.exists():  # an earlier round finished; an interrupted later one must leave it whole
             VoxelStore.open(out)
         outcomes.append((rc, round(waited, 2)))
+    print("exit code, seconds from the signal to the exit:", outcomes)  # shown with pytest -s
     assert sum(rc != 0 for rc, _ in outcomes) >= ROUNDS // 2, outcomes  # most signals landed mid-run
     rerun = subprocess.run(_cmd(venv_bin, raw, out), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr

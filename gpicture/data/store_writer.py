@@ -233,7 +233,7 @@ class StoreWriter:
             g.attrs.update(attrs)
             g.attrs["complete"] = True
         try:
-            move_into_place(self.tmp, self.out, FORMAT, self._lock)
+            move_into_place(self.tmp, self.out, lock=self._lock)  # no marker file: the Zarr format attribute says the kind
         except OutputError as exc:
             raise StoreError(str(exc)) from None
         return self.out
