@@ -6,14 +6,18 @@ Every array of a voxel store is chunked along its first axis and compressed with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numcodecs
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
+
+if TYPE_CHECKING:  # annotations only: zarr and numcodecs are imported where a store is read or written
+    import numcodecs
+    import zarr
+    from zarr.codecs import BloscCodec
 
 
 class RowReader:
@@ -59,7 +63,7 @@ class RowReader:
             if len(self._raw) < size:  # one reused read buffer: no fresh pages per chunk
                 self._raw = bytearray(size)
             n = f.readinto(self._raw)
-        _BLOSC.decode(memoryview(self._raw)[:n], out=out)
+        _blosc().decode(memoryview(self._raw)[:n], out=out)
 
     def __call__(self, a: int, b: int) -> np.ndarray:
         a, b = int(a), int(b)
@@ -76,9 +80,16 @@ class RowReader:
         return buf[a - c0 * rows : b - c0 * rows]
 
 
-_BLOSC = numcodecs.Blosc()  # decoding reads the codec from each chunk's header
+@functools.cache
+def _blosc() -> numcodecs.Blosc:
+    """The decoder of every chunk (it reads the codec from each chunk's header)."""
+    import numcodecs  # lazy: numcodecs only to read a store's chunks, not to import this module
+
+    return numcodecs.Blosc()
 
 
 def compressor() -> BloscCodec:
     """The codec of every store array: Blosc/zstd level 3, byte shuffle."""
+    from zarr.codecs import BloscCodec  # lazy: zarr only to write a store
+
     return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")

@@ -29,11 +29,9 @@ import json
 import os
 from functools import reduce
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from nuscenes.nuscenes import NuScenes
-from nuscenes.utils.geometry_utils import transform_matrix
-from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from gpicture.data.finite import (
@@ -49,6 +47,9 @@ from gpicture.data.occupancy_targets import read_openoccupancy_rows
 from gpicture.data.schema import BOX, level_fields
 from gpicture.data.spec import UNLABELLED
 from gpicture.geometry import quat_mul
+
+if TYPE_CHECKING:  # annotations only: the devkit is imported where a dataset is opened or read
+    from nuscenes.nuscenes import NuScenes
 
 LIDAR = "LIDAR_TOP"
 MIN_DISTANCE = 1.0  # from_file_multisweep's default min_distance (m)
@@ -98,6 +99,8 @@ def open_nuscenes(root: Path, version: str) -> NuScenes:
         if (table_root / f"{task}.json").is_file() and not (root / task / version).is_dir():
             raise FileNotFoundError(f"{root / task / version}: missing nuScenes {task} folder "
                                     f"(the table {table_root / f'{task}.json'} exists)")
+    from nuscenes.nuscenes import NuScenes  # lazy: the devkit only to read nuScenes
+
     try:
         return NuScenes(version=version, dataroot=str(root), verbose=False)
     except (AssertionError, KeyError, ValueError) as exc:
@@ -121,6 +124,8 @@ def split_sample_tokens(nusc: NuScenes, split: str) -> list[str]:
     split that the dataset lacks are skipped. The split must match the dataset version:
     ``mini_*`` needs v1.0-mini, ``train``/``val``/``train_*`` v1.0-trainval, ``test`` v1.0-test.
     """
+    from nuscenes.utils.splits import create_splits_scenes  # lazy: the devkit
+
     splits = create_splits_scenes()
     if split not in splits:
         raise ValueError(f"unknown nuScenes split {split!r}; valid: {', '.join(sorted(splits))}")
@@ -186,6 +191,8 @@ def _compress_rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _matrix(rec: dict, inverse: bool) -> np.ndarray:
+    from nuscenes.utils.geometry_utils import transform_matrix  # lazy: the devkit
+
     return transform_matrix(rec["translation"], Quaternion(rec["rotation"]), inverse=inverse)
 
 

@@ -19,10 +19,9 @@ import json
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from gpicture.data.chunks import RowReader
 from gpicture.data.finite import check_finite
@@ -38,6 +37,9 @@ from gpicture.data.schema import (
     frame_type,
     level_fields,
 )
+
+if TYPE_CHECKING:  # annotations only: zarr is imported where a store is opened
+    import zarr
 
 FORMAT = "gpicture-voxel-store"
 _TAMPERED = " (a tampered or old store: convert it again)"
@@ -136,6 +138,8 @@ class VoxelStore:
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not a voxel store (no zarr.json)")
+        import zarr  # lazy: zarr only to open a store, not for the batch / model code importing this module
+
         group = zarr.open_group(str(path), mode="r")
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:

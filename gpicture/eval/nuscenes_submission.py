@@ -21,6 +21,7 @@ so that a bad submission gives a ValueError naming the file instead of a bare as
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
 from pyquaternion import Quaternion
 
 from gpicture.atomic import write_file_atomic
@@ -37,8 +37,30 @@ from gpicture.data.store import VoxelStore
 from gpicture.eval.predictions import DetectionPrediction
 from gpicture.geometry import quat_mul
 
-DETECTION_CLASSES: tuple[str, ...] = tuple(DETECTION_NAMES)
-# car, truck, bus, trailer, construction_vehicle, pedestrian, motorcycle, bicycle, traffic_cone, barrier
+
+@functools.cache
+def detection_classes() -> tuple[str, ...]:
+    """The devkit's detection names, in its order: car, truck, bus, trailer,
+    construction_vehicle, pedestrian, motorcycle, bicycle, traffic_cone, barrier."""
+    from nuscenes.eval.detection.constants import DETECTION_NAMES  # lazy: the devkit
+
+    return tuple(DETECTION_NAMES)
+
+
+@functools.cache
+def _attribute_names() -> frozenset[str]:
+    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES  # lazy: the devkit
+
+    return frozenset(ATTRIBUTE_NAMES)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``DETECTION_CLASSES`` (:func:`detection_classes`), read from the devkit on first use, so
+    that importing this module (the detection task does) needs no devkit."""
+    if name == "DETECTION_CLASSES":
+        return detection_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 MAX_BOXES_PER_SAMPLE = 500  # detection_cvpr_2019: the devkit refuses more
 MOVING_SPEED = 0.2  # m/s
@@ -61,9 +83,9 @@ def default_attribute(detection_name: str, speed: float) -> str:
         return "cycle.with_rider" if moving else "cycle.without_rider"
     if detection_name == "pedestrian":
         return "pedestrian.moving" if moving else "pedestrian.standing"
-    if detection_name in DETECTION_CLASSES:
+    if detection_name in detection_classes():
         return ""
-    raise ValueError(f"unknown detection name {detection_name!r} (one of {', '.join(DETECTION_CLASSES)})")
+    raise ValueError(f"unknown detection name {detection_name!r} (one of {', '.join(detection_classes())})")
 
 
 def _pose_quaternion(pose: np.ndarray, token: str) -> np.ndarray:
@@ -92,9 +114,9 @@ def _frame_results(pred: DetectionPrediction, pose: np.ndarray, max_boxes: int |
     labels = [str(v) for v in np.asarray(pred.labels).reshape(-1)]
     if len(labels) != k:
         raise ValueError(f"sample {token}: {len(labels)} labels for {k} boxes")
-    bad = sorted(set(labels) - set(DETECTION_CLASSES))
+    bad = sorted(set(labels) - set(detection_classes()))
     if bad:
-        raise ValueError(f"sample {token}: unknown detection names {bad} (one of {', '.join(DETECTION_CLASSES)})")
+        raise ValueError(f"sample {token}: unknown detection names {bad} (one of {', '.join(detection_classes())})")
     vel = np.asarray(pred.velocity, dtype=np.float64).reshape(-1, 2)
     if len(vel) != k:
         raise ValueError(f"sample {token}: {len(vel)} velocities for {k} boxes")
@@ -212,9 +234,9 @@ def check_submission(path: Path, sample_tokens: set[str], max_boxes_per_sample: 
             for key, n in (("translation", 3), ("size", 3), ("rotation", 4), ("velocity", 2)):
                 if not _finite_list(box[key], n):
                     raise ValueError(f"{where}: {key} must be {n} finite numbers, got {box[key]!r}")
-            if box["detection_name"] not in DETECTION_CLASSES:
+            if box["detection_name"] not in detection_classes():
                 raise ValueError(f"{where}: unknown detection_name {box['detection_name']!r}")
-            if box["attribute_name"] not in ATTRIBUTE_NAMES and box["attribute_name"] != "":
+            if box["attribute_name"] not in _attribute_names() and box["attribute_name"] != "":
                 raise ValueError(f"{where}: unknown attribute_name {box['attribute_name']!r}")
             if not _finite_list([box["detection_score"]], 1):
                 raise ValueError(f"{where}: detection_score must be a finite number")

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_scatter import scatter_mean
 
 from gpicture.data.batch import VoxelBatch, move_to
 from gpicture.data.spec import IGNORE_INDEX
 from gpicture.models.student import Student
+from gpicture.ops.scatter import scatter_mean
 
 
 @dataclass
@@ -87,7 +87,7 @@ class SegDecoder(nn.Module):
                  voxel_size: tuple[float, float, float], point_cloud_range: tuple[float, ...], hidden: int = 64,
                  cylinder: tuple[int, int, int] | None = None) -> None:
         super().__init__()
-        import spconv.pytorch as spconv
+        import spconv.pytorch as spconv  # lazy: spconv only to build the decoder
 
         from gpicture.compat import spconv_algo  # lazy: with spconv, whose import is slow
 
@@ -130,7 +130,7 @@ class SegDecoder(nn.Module):
         """``early``/``late`` (V, d) per input voxel; ``points`` (P, 3), ``features`` (P, F),
         ``point_voxel`` (P,) and (cylindrical grid) ``point_batch`` (P,) of the points to classify
         -> logits (P, num_classes)."""
-        import spconv.pytorch as spconv
+        import spconv.pytorch as spconv  # lazy: as in __init__
 
         x = self.fuse(torch.cat([early, late], 1))
         inside = point_voxel >= 0

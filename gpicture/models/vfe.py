@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_scatter import scatter_max, scatter_mean
+
+from gpicture.ops.scatter import scatter_max, scatter_mean
 
 
 class DynamicVFE(nn.Module):

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
 
 from gpicture.atomic import OutputError, OutputLock, claim_output, move_into_place
 from gpicture.data.store import StoreError, VoxelStore
 from gpicture.teacher.voxels import COORDINATES, TRANSFORMS, TeacherVoxels, input_channel, teacher_voxels
 
-if TYPE_CHECKING:  # only for annotations: building needs MinkowskiEngine, reading does not
+if TYPE_CHECKING:  # annotations only: zarr is imported where a cache is opened or written; the teacher
+    import zarr  # needs MinkowskiEngine to build a cache, reading does not
+
     from gpicture.teacher.seal import SealTeacher
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,9 @@ def _settings(source: VoxelStore, teacher: SealTeacher, cfg: TeacherConfig) -> d
 
 
 def _open_partial(partial: Path, settings: dict[str, Any], source: VoxelStore, cfg: TeacherConfig) -> zarr.Group:
+    import zarr  # lazy: zarr only to write a cache, not for the pre-training code importing this module
+    from zarr.codecs import BloscCodec
+
     if partial.exists():
         try:
             g = zarr.open_group(str(partial), mode="r+")
@@ -259,7 +262,7 @@ def _build(source: VoxelStore, out: Path, teacher: SealTeacher, cfg: TeacherConf
         if stop_after is not None and done_now >= stop_after and b1 < n:
             return {"frames": b1, "complete": False}
     g.attrs["complete"] = True
-    move_into_place(partial, out, TEACHER_FORMAT, lock)
+    move_into_place(partial, out, lock=lock)  # the Zarr format attribute says the kind (a marker file would be a stray Zarr member)
     valid = TeacherStore.open(out).valid_fraction()
     return {"frames": n, "voxels": source.n_voxels, "valid_fraction": round(valid, 4), "complete": True,
             "resumed_from": start}
@@ -281,6 +284,8 @@ class TeacherStore:
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not a teacher store (no zarr.json)")
+        import zarr  # lazy: zarr only to open a cache (as _open_partial)
+
         g = zarr.open_group(str(path), mode="r")
         if g.attrs.get("format") != TEACHER_FORMAT:
             raise StoreError(f"{path}: not a gpicture teacher store")
