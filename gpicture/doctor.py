@@ -7,15 +7,31 @@ spconv asked for CUDA streams) shows here rather than an hour into a run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from types import CodeType
+
+from gpicture.atomic import write_file_atomic
+from gpicture.provenance import (
+    KEY_PACKAGES,
+    REPO,
+    drift,
+    installed_versions,
+    lock_file,
+    locked_versions,
+    normalize,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,7 @@ class CheckResult:
     detail: str  # what the live check did, or why it failed
     required: bool
     seconds: float
+    cached: bool = False  # reported from an earlier pass in the same environment (run_checks)
 
 
 def _check_python() -> tuple[str, str]:
@@ -55,7 +72,9 @@ def _check_spconv() -> tuple[str, str]:
     import spconv.pytorch as spconv_torch
     import torch
 
-    from gpicture.compat import spconv_algo  # lazy: a check reports a broken import, never crashes
+    from gpicture.compat import (
+        spconv_algo,  # lazy: a check reports a broken import, never crashes
+    )
 
     torch.manual_seed(0)
     coords = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 2], [0, 2, 2, 2]], dtype=torch.int32)
@@ -71,7 +90,9 @@ def _check_spconv() -> tuple[str, str]:
 def _check_minkowski() -> tuple[str, str]:
     import torch
 
-    from gpicture.compat import import_minkowski  # lazy: a check reports a broken import, never crashes
+    from gpicture.compat import (
+        import_minkowski,  # lazy: a check reports a broken import, never crashes
+    )
 
     ME = import_minkowski()  # noqa: N806
     coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 1, 1]], dtype=torch.int32)
@@ -171,8 +192,12 @@ def _check_waymo() -> tuple[str, str]:
 def _check_native() -> tuple[str, str]:
     import torch
 
-    from gpicture.ops import in_group_index_reference  # lazy: a check reports a broken import, never crashes
-    from gpicture.ops.native import load_native  # lazy: a check reports a broken import, never crashes
+    from gpicture.ops import (
+        in_group_index_reference,  # lazy: a check reports a broken import, never crashes
+    )
+    from gpicture.ops.native import (
+        load_native,  # lazy: a check reports a broken import, never crashes
+    )
 
     native = load_native()
     if native is None:
@@ -186,8 +211,13 @@ def _check_native() -> tuple[str, str]:
 def _check_teacher() -> tuple[str, str]:
     import numpy as np
 
-    from gpicture.params import ParamsError, load_section  # lazy: a check reports a broken import, never crashes
-    from gpicture.teacher import SealTeacher  # lazy: a check reports a broken import, never crashes
+    from gpicture.params import (  # lazy: a check reports a broken import, never crashes
+        ParamsError,
+        load_section,
+    )
+    from gpicture.teacher import (
+        SealTeacher,  # lazy: a check reports a broken import, never crashes
+    )
 
     try:
         ckpt = load_section(Path("params.yaml"), "teacher").get("checkpoint")
@@ -207,34 +237,120 @@ def _check_teacher() -> tuple[str, str]:
     return "Res16UNet34C", t.description
 
 
-CHECKS: list[tuple[str, Callable[[], tuple[str, str]], bool]] = [
-    ("python", _check_python, True),
-    ("torch", _check_torch, True),
-    ("spconv", _check_spconv, True),
-    ("MinkowskiEngine", _check_minkowski, True),
-    ("torch-scatter", _check_torch_scatter, True),
-    ("zarr", _check_zarr, True),
-    ("numcodecs", _check_numcodecs, True),
-    ("dvc", _check_dvc, True),
-    ("nuscenes-devkit", _check_nuscenes, True),
-    ("waymo protos", _check_waymo, True),
-    ("native ops (csrc)", _check_native, True),
-    ("teacher", _check_teacher, True),
+# (name, check, required, cacheable): a cacheable check depends only on the installed packages,
+# so its pass is kept until the environment changes (environment_fingerprint); python, torch (the
+# device can change) and the teacher (its checkpoint can change) always run live.
+CHECKS: list[tuple[str, Callable[[], tuple[str, str]], bool, bool]] = [
+    ("python", _check_python, True, False),
+    ("torch", _check_torch, True, False),
+    ("spconv", _check_spconv, True, True),
+    ("MinkowskiEngine", _check_minkowski, True, True),
+    ("torch-scatter", _check_torch_scatter, True, True),
+    ("zarr", _check_zarr, True, True),
+    ("numcodecs", _check_numcodecs, True, True),
+    ("dvc", _check_dvc, True, True),
+    ("nuscenes-devkit", _check_nuscenes, True, True),
+    ("waymo protos", _check_waymo, True, True),
+    ("native ops (csrc)", _check_native, True, True),
+    ("teacher", _check_teacher, True, False),
 ]
+CACHE = Path(sys.prefix) / ".gpicture-doctor.json"  # in the environment it describes (.venv/)
 
 
-def run_checks() -> list[CheckResult]:
-    """Run every dependency check; never raises, failures are in the results."""
+def environment_fingerprint() -> str:
+    """A digest of what the cacheable checks depend on: every installed distribution (name,
+    version, and the time its metadata was written, so a reinstall of the same version counts),
+    the native extension's file, and the Python build. ~0.1 s, nothing imported."""
+    h = hashlib.sha256(sys.version.encode())
+    rows = []
+    # the environment's own site-packages only: sys.path[0] (the cwd or the script's folder) differs per launch
+    site = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    for dist in metadata.distributions(path=site):
+        where = getattr(dist, "_path", None)  # the .dist-info folder (PathDistribution)
+        try:
+            stamp = Path(where).stat().st_mtime_ns if where is not None else 0
+        except OSError:
+            stamp = 0
+        rows.append(f"{dist.metadata.get('Name')}=={dist.version}@{stamp}")
+    for so in sorted((Path(__file__).resolve().parent).glob("_native*.so")):
+        rows.append(f"{so.name}@{so.stat().st_mtime_ns}:{so.stat().st_size}")
+    h.update("\n".join(sorted(rows)).encode())
+    return h.hexdigest()
+
+
+def _cached(fingerprint: str) -> dict[str, dict]:
+    try:
+        data = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("checks", {}) if data.get("fingerprint") == fingerprint else {}
+
+
+def _code(fn: Callable) -> str:
+    """A digest of a check's code: a cached pass holds only for the check that passed."""
+    h = hashlib.sha256()
+
+    def add(code: CodeType) -> None:  # nested code objects (comprehensions) by content, not address
+        h.update(code.co_code)
+        for c in code.co_consts:
+            add(c) if isinstance(c, CodeType) else h.update(repr(c).encode())
+
+    add(fn.__code__)
+    return h.hexdigest()[:16]
+
+
+def _save_cache(fingerprint: str, results: list[CheckResult], cacheable: dict[str, Callable]) -> None:
+    keep = {r.name: {"version": r.version, "detail": r.detail, "when": time.strftime("%Y-%m-%d %H:%M"),
+                     "code": _code(cacheable[r.name])}
+            for r in results if r.ok and r.name in cacheable and not r.cached}
+    old = _cached(fingerprint)
+    try:
+        write_file_atomic(CACHE, json.dumps({"fingerprint": fingerprint, "checks": {**old, **keep}}, indent=1))
+    except OSError:
+        pass  # a read-only environment: every run checks live
+
+
+def run_checks(full: bool = False) -> list[CheckResult]:
+    """Run every dependency check; never raises, failures are in the results. Without ``full``,
+    a cacheable check that passed in this same environment (unchanged fingerprint) is reported
+    from that run instead of importing its package again (spconv's import alone takes seconds)."""
+    fingerprint = environment_fingerprint()
+    cached = {} if full else _cached(fingerprint)
     results = []
-    for name, fn, required in CHECKS:
+    for name, fn, required, cacheable in CHECKS:
         t0 = time.perf_counter()
+        if cacheable and name in cached and cached[name].get("code") == _code(fn):
+            c = cached[name]
+            results.append(CheckResult(name, c["version"], True, f"{c['detail']}; passed {c['when']}, environment "
+                                       "unchanged since (--full reruns it)", required, 0.0, cached=True))
+            continue
         try:
             version, detail = fn()
             ok = True
         except Exception as exc:  # noqa: BLE001  (a doctor reports every failure)
             version, detail, ok = "-", f"{type(exc).__name__}: {exc}", False
         results.append(CheckResult(name, version, ok, detail, required, time.perf_counter() - t0))
+    _save_cache(fingerprint, results, {name: fn for name, fn, _, cacheable in CHECKS if cacheable})
     return results
+
+
+@dataclass(frozen=True)
+class LockReport:
+    """The committed lock against the installed packages."""
+
+    lock: Path | None
+    locked: int  # packages the lock pins
+    drift: dict[str, tuple[str, str | None]]  # name -> (locked, installed or None)
+    key: list[tuple[str, str | None, str | None]]  # (name, locked, installed) of provenance.KEY_PACKAGES
+
+
+def lock_report(repo: Path = REPO) -> LockReport:
+    """Compare the lock of ``repo`` (requirements.lock / uv.lock) with what is installed."""
+    path = lock_file(repo)
+    installed = installed_versions()
+    locked = locked_versions(path) if path is not None else {}
+    key = [(n, locked.get(normalize(n)), installed.get(normalize(n))) for n in KEY_PACKAGES]
+    return LockReport(path, len(locked), drift(locked, installed), key)
 
 
 def nvcc_version() -> str | None:

@@ -9,6 +9,7 @@ import yaml
 from rich.console import Console
 
 from gpicture.atomic import write_file_atomic
+from gpicture.provenance import provenance
 from gpicture.training.cka_alpha import cka_alpha
 
 
@@ -28,6 +29,7 @@ def cka(
         Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     write_file_atomic(out, yaml.safe_dump({"alpha": alpha, "pretrained": str(pretrained),
-                                           "finetuned": [str(p) for p in finetuned], "probe_frames": frames},
+                                           "finetuned": [str(p) for p in finetuned], "probe_frames": frames,
+                                           "provenance": provenance()},
                                           sort_keys=False))
     Console().print(f"wrote {out}: alpha {alpha}", soft_wrap=True)

@@ -19,6 +19,7 @@ from gpicture.data.store import VoxelStore
 from gpicture.eval.baselines import constant_predictions, majority_class
 from gpicture.eval.predictions import RawSource
 from gpicture.params import ParamsError, load_section
+from gpicture.provenance import provenance
 from gpicture.tasks.base import TaskName
 from gpicture.training.finetune import load_model, predict
 from stages.finetune import task_for
@@ -117,7 +118,7 @@ def evaluate(
             err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         try:
-            write_file_atomic(out, json.dumps(metrics, indent=1))
+            write_file_atomic(out, json.dumps({**metrics, "provenance": provenance()}, indent=1))
         except OSError as exc:
             err.print(f"[red]error:[/red] {out}: cannot be written ({exc.strerror or exc})", soft_wrap=True)
             raise typer.Exit(2) from None

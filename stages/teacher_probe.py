@@ -11,8 +11,14 @@ from rich.console import Console
 from gpicture.atomic import write_file_atomic
 from gpicture.data.spec import DATASETS
 from gpicture.params import ParamsError, load_section
+from gpicture.provenance import provenance
 from gpicture.teacher.cache import TeacherStore
-from gpicture.training.teacher_probe import cluster_purity, labelled_features, linear_probe, masking_ratios
+from gpicture.training.teacher_probe import (
+    cluster_purity,
+    labelled_features,
+    linear_probe,
+    masking_ratios,
+)
 
 
 def teacher_probe(
@@ -53,6 +59,6 @@ def teacher_probe(
     metrics = {"cluster_purity": purity, "probe_mIoU": probe.miou, "k": k, "val_voxels": len(val.labels),
                "train_voxels": len(train.labels), "per_class_probe_IoU": probe.per_class, "per_class_masking_ratio": ratios,
                "teacher": description}
-    write_file_atomic(out, json.dumps(metrics, indent=1))
+    write_file_atomic(out, json.dumps({**metrics, "provenance": provenance()}, indent=1))
     Console().print(f"wrote {out}: cluster purity {purity:.3f} (K={k}), linear-probe mIoU {probe.miou:.3f}"
                     f" — {description}", soft_wrap=True)

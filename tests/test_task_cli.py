@@ -103,6 +103,7 @@ def test_dense_tasks_finetune_and_evaluate_from_the_cli(world, task, dataset, tr
     assert r.exit_code == 0, r.output
     metrics = json.loads(metrics_path.read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["per_class_IoU"]
+    assert len(metrics["provenance"]["git_commit"]) == 40 and "torch==" in metrics["provenance"]["packages"]
     if task == "occupancy":
         assert 0.0 <= metrics["IoU"] <= 1.0
         assert any(reports.glob("occupancy/*.npy"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from gpicture.provenance import provenance
+
 PREFIXES = ("model_points.", "model.", "module.", "encoder.")
 CONTAINERS = ("state_dict", "model_points")
 METADATA_KEY = "gpicture_teacher"  # what a checkpoint written by `gpicture teacher-fit` says about itself
@@ -42,7 +44,7 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save({"state_dict": state_dict, METADATA_KEY: metadata}, tmp)
+        torch.save({"state_dict": state_dict, METADATA_KEY: metadata, "provenance": provenance()}, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
