@@ -23,15 +23,7 @@ from pathlib import Path
 from types import CodeType
 
 from gpicture.atomic import write_file_atomic
-from gpicture.provenance import (
-    KEY_PACKAGES,
-    REPO,
-    drift,
-    installed_versions,
-    lock_file,
-    locked_versions,
-    normalize,
-)
+from gpicture.provenance import KEY_PACKAGES, REPO, drift, installed_versions, lock_file, locked_versions, normalize
 
 
 @dataclass(frozen=True)
@@ -72,9 +64,7 @@ def _check_spconv() -> tuple[str, str]:
     import spconv.pytorch as spconv_torch
     import torch
 
-    from gpicture.compat import (
-        spconv_algo,  # lazy: a check reports a broken import, never crashes
-    )
+    from gpicture.compat import spconv_algo  # lazy: a check reports a broken import, never crashes
 
     torch.manual_seed(0)
     coords = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 2], [0, 2, 2, 2]], dtype=torch.int32)
@@ -90,9 +80,7 @@ def _check_spconv() -> tuple[str, str]:
 def _check_minkowski() -> tuple[str, str]:
     import torch
 
-    from gpicture.compat import (
-        import_minkowski,  # lazy: a check reports a broken import, never crashes
-    )
+    from gpicture.compat import import_minkowski  # lazy: a check reports a broken import, never crashes
 
     ME = import_minkowski()  # noqa: N806
     coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 1, 1]], dtype=torch.int32)
@@ -192,12 +180,8 @@ def _check_waymo() -> tuple[str, str]:
 def _check_native() -> tuple[str, str]:
     import torch
 
-    from gpicture.ops import (
-        in_group_index_reference,  # lazy: a check reports a broken import, never crashes
-    )
-    from gpicture.ops.native import (
-        load_native,  # lazy: a check reports a broken import, never crashes
-    )
+    from gpicture.ops import in_group_index_reference  # lazy: a check reports a broken import, never crashes
+    from gpicture.ops.native import load_native  # lazy: a check reports a broken import, never crashes
 
     native = load_native()
     if native is None:
@@ -211,13 +195,8 @@ def _check_native() -> tuple[str, str]:
 def _check_teacher() -> tuple[str, str]:
     import numpy as np
 
-    from gpicture.params import (  # lazy: a check reports a broken import, never crashes
-        ParamsError,
-        load_section,
-    )
-    from gpicture.teacher import (
-        SealTeacher,  # lazy: a check reports a broken import, never crashes
-    )
+    from gpicture.params import ParamsError, load_section  # lazy: a check reports a broken import, never crashes
+    from gpicture.teacher import SealTeacher  # lazy: a check reports a broken import, never crashes
 
     try:
         ckpt = load_section(Path("params.yaml"), "teacher").get("checkpoint")

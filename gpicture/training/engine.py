@@ -1,19 +1,25 @@
 """The training engine shared by pre-training and fine-tuning.
 
-AdamW with the one-cycle schedule of the paper's configs (momentum cycled 0.95 ->
-0.85, warm-up fraction ``pct_start``, ``div_factor``), gradient-norm clipping, AMP on
-CUDA, an atomic checkpoint at the end of every epoch and exact resume from it, DDP
-under ``torchrun`` (gloo on CPU, NCCL on GPU), dvclive metrics and plots, and a
-progress bar. Randomness inside a step comes from a generator seeded by (seed, epoch,
-frame), so a resumed or distributed run draws the same masks as an uninterrupted one.
+AdamW (fused) with the one-cycle schedule of the paper's configs (momentum cycled 0.95 ->
+0.85, warm-up fraction ``pct_start``, ``div_factor``), gradient-norm clipping, an atomic
+checkpoint at the end of every epoch and exact resume from it, DDP under ``torchrun``
+(gloo on CPU, NCCL on GPU), dvclive metrics and plots, and a progress bar. Randomness
+inside a step comes from a generator seeded by (seed, epoch, frame), so a resumed or
+distributed run draws the same masks as an uninterrupted one.
+
+On CUDA: AMP (bf16 where the GPU has it, else fp16 with a GradScaler), batches pinned by
+the DataLoader's pin-memory thread and copied with ``non_blocking``, ``torch.compile`` of
+the set-attention layers as an option (``compile``), and a step without host syncs
+(:mod:`gpicture.training.step`): metrics and the finite-value guard stay on the device and
+the host reads them every ``log_every`` steps and at the end of each epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpicture.data.batch import VoxelBatch
+from gpicture.training.step import NonFiniteError, TrainStep, compile_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-
-
-class NonFiniteError(ValueError):
-    """A NaN / inf loss or gradient in training, or non-finite tensors in a checkpoint."""
+RUNTIME_KEYS = ("compile", "pin_memory", "log_every")  # how a run goes, not what it computes: not compared on resume
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,14 @@ class TrainConfig:
     grad_clip: float = 35.0
     seed: int = 0
     num_workers: int = 0
-    amp: bool = True  # only takes effect on CUDA
+    amp: bool = True  # CUDA only: bf16 autocast where the GPU has bf16 (Ampere, Hopper), else fp16 + GradScaler
+    compile: bool = False  # torch.compile the set-attention layers (pays on CUDA; minutes of compiling on a CPU)
+    pin_memory: bool = True  # CUDA only: pinned batches, copied to the GPU with non_blocking
+    log_every: int = 50  # steps between host syncs (metrics, the finite-value check, the progress bar)
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1 (steps between host syncs), got {self.log_every}")
 
     @classmethod
     def from_params(cls, sec: dict[str, Any], epochs: int | None = None) -> TrainConfig:
@@ -61,7 +72,12 @@ class TrainConfig:
             lr=float(sec["lr"]), weight_decay=float(sec["weight_decay"]), moms=tuple(float(m) for m in sec["moms"]),
             pct_start=float(sec["pct_start"]), div_factor=float(sec["div_factor"]),
             grad_clip=float(sec["grad_clip"]), seed=int(sec.get("seed", 0)), num_workers=int(sec.get("num_workers", 0)),
-            amp=bool(sec.get("amp", True)))
+            amp=bool(sec.get("amp", True)), compile=bool(sec.get("compile", False)),
+            pin_memory=bool(sec.get("pin_memory", True)), log_every=int(sec.get("log_every", 50)))
+
+    def defining(self) -> dict[str, Any]:
+        """The settings a checkpoint must have been written under to be resumed (not the runtime keys)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_KEYS}
 
 
 @dataclass
@@ -108,7 +124,7 @@ class StepContext:
     device: torch.device
 
 
-StepFn = Callable[[nn.Module, Any, StepContext], tuple[Tensor, dict[str, float]]]
+StepFn = Callable[[nn.Module, Any, StepContext], tuple[Tensor, dict[str, float | Tensor]]]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -188,28 +204,55 @@ def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> Any:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def batch_frames(batch: Any, frame_ids: Sequence[str] | None) -> list[str]:
-    """The frames of a batch, for messages: its ``voxels`` (a :class:`VoxelBatch`, what every
-    batch of this project carries) give store indices, ``frame_ids`` (the store's) their ids."""
+def batch_frame_index(batch: Any) -> list[int]:
+    """Store indices of a batch's frames (its ``voxels``, a :class:`VoxelBatch`, what every batch
+    of this project carries; the host copy, so reading them costs no device sync)."""
     voxels = getattr(batch, "voxels", batch)
-    if not isinstance(voxels, VoxelBatch):
-        return []
-    index = voxels.frame_index.tolist()
-    return [frame_ids[k] if frame_ids is not None and 0 <= k < len(frame_ids) else f"#{k}" for k in index]
+    return voxels.frame_index.tolist() if isinstance(voxels, VoxelBatch) else []
 
 
-def _nonfinite_step(loss: float, grad_norm: float, check_grad: bool, batch: Any, frame_ids: Sequence[str] | None,
-                    where: str, world_size: int) -> NonFiniteError | None:
-    """The error of a step whose loss (or, when checked, gradient norm) is NaN / inf, else None."""
-    if math.isfinite(loss) and (math.isfinite(grad_norm) or not check_grad):
-        return None
-    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm} (loss {loss})"
-    frames = batch_frames(batch, frame_ids)
-    shared = (f"; gradients are averaged over the {world_size} processes, so the frames at fault may be another "
-              "process's") if world_size > 1 and math.isfinite(loss) else ""
-    return NonFiniteError(f"{where}: non-finite {what} on frames {frames}{shared}; stopped before the "
-                          "optimiser step, no checkpoint written for this epoch (check those frames' points and "
-                          "teacher features, or lower the learning rate)")
+def map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it (batch dataclasses, lists, tuples, dicts)."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` on ``device``; from pinned memory the copies are asynchronous (no host wait)."""
+    if device.type == "cpu":
+        return batch
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=True))
+
+
+class Pinned:
+    """A collated batch the DataLoader's pin-memory thread can pin (it pins only tensors,
+    mappings, sequences and objects with a ``pin_memory`` method, not dataclasses)."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def pin_memory(self) -> Pinned:
+        return Pinned(map_tensors(self.batch, Tensor.pin_memory))
+
+
+@dataclass(frozen=True)
+class PinningCollate:
+    """``collate`` whose batches come back as :class:`Pinned` (picklable for DataLoader workers)."""
+
+    collate: Callable[[list], Any]
+
+    def __call__(self, items: list) -> Pinned:
+        return Pinned(self.collate(items))
 
 
 def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step_fn: StepFn, cfg: TrainConfig,
@@ -226,26 +269,35 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
 
     The first step whose loss or gradient norm is NaN / inf stops the run with a
     NonFiniteError naming the epoch, the step and the batch's frames (``frame_ids``: the
-    store's ids, indexed by the batches' ``voxels.frame_index``), before the optimiser step
-    and before any checkpoint of that epoch. Under AMP (CUDA) an infinite gradient is the
-    scaler's business (it skips the step and lowers the scale), so only the loss is checked
-    there. A resumed checkpoint with non-finite tensors is refused.
+    store's ids, indexed by the batches' ``voxels.frame_index``); neither it nor any later
+    step moves the weights, and no checkpoint of that epoch is written. The check runs on
+    the device (:class:`~gpicture.training.step.TrainStep`): the error comes at the next
+    host sync, within ``cfg.log_every`` steps and at the latest at the epoch's end. Under
+    fp16 AMP an infinite gradient is the scaler's business (it skips the step and lowers
+    the scale), so only the loss is checked there. A resumed checkpoint with non-finite
+    tensors is refused.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = model.to(dist.device)
+    cuda = dist.device.type == "cuda"
+    pin = cfg.pin_memory and cuda
     sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        collate_fn=PinningCollate(collate) if pin else collate, pin_memory=pin,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     steps_per_epoch = len(loader)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.moms[0], 0.99))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1), pct_start=cfg.pct_start,
-        div_factor=cfg.div_factor, base_momentum=cfg.moms[1], max_momentum=cfg.moms[0], cycle_momentum=True)
-    use_amp = cfg.amp and dist.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if cfg.compile:
+        compiled = compile_model(model)
+        if dist.is_main:
+            log.info("torch.compile: %d set-attention layers (compiled at their first step)", compiled)
+    ddp = DistributedDataParallel(model, device_ids=[dist.device] if cuda else None) \
+        if dist.world_size > 1 else model
+    trainer = TrainStep(ddp, cfg.lr, cfg.weight_decay, cfg.moms, cfg.pct_start, cfg.div_factor, cfg.grad_clip,
+                        cfg.epochs * steps_per_epoch, dist.device, amp=cfg.amp, window=cfg.log_every,
+                        world_size=dist.world_size, frame_ids=frame_ids)
     start_epoch = 0
     ckpt_path = out_dir / CHECKPOINT
     state = load_checkpoint_file(ckpt_path, dist.device) if resume and ckpt_path.exists() else None
@@ -253,22 +305,22 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
         raise ValueError(f"{ckpt_path}: not a training checkpoint; remove it or pass --no-resume")
     if state is not None:
         check_finite(state, ckpt_path, "not resuming from it: remove it or pass --no-resume")
-    if state is not None and (state.get("run_key") != run_key or state.get("config") != asdict(cfg)):
+    written = None if state is None else {k: v for k, v in (state.get("config") or {}).items() if k not in RUNTIME_KEYS}
+    if state is not None and (state.get("run_key") != run_key or written != cfg.defining()):
         if dist.is_main:
             log.warning("%s was written for another run (data, model or settings differ): starting afresh", ckpt_path)
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        trainer.opt.load_state_dict(state["optimizer"])
+        trainer.sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty when written without fp16 (bf16, fp32)
+            trainer.scaler.load_state_dict(state["scaler"])
         if hooks is not None and state.get("hooks") is not None:
             hooks.load_state_dict(state["hooks"])
         start_epoch = int(state["epoch"]) + 1
         if dist.is_main:
             log.info("resuming from %s after epoch %d", ckpt_path, start_epoch - 1)
-    ddp = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None) \
-        if dist.world_size > 1 else model
     live = None
     if dist.is_main:
         from dvclive import Live
@@ -281,43 +333,31 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
         sampler.set_epoch(epoch)
         epoch_state = hooks.epoch_start(epoch) if hooks is not None else {}
         ddp.train()
-        sums: dict[str, float] = {}
+        trainer.reset()
         t_epoch = time.perf_counter()
-        for i, batch in enumerate(loader):
+        for i, item in enumerate(loader):
+            host = item.batch if isinstance(item, Pinned) else item
             ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + i, epoch_state=epoch_state, device=dist.device)
-            with torch.autocast(device_type="cuda", enabled=use_amp):
-                loss, metrics = step_fn(ddp, batch, ctx)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.grad_clip)
-            # the step's one host sync: loss and gradient norm together, checked before the weights move
-            loss_v, norm_v = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)]).tolist()
-            bad = _nonfinite_step(loss_v, norm_v, not use_amp, batch, frame_ids,
-                                  f"{out_dir}: epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch} "
-                                  f"(global step {ctx.step})", dist.world_size)
-            if bad is not None:
-                raise bad
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            metrics = {"loss": loss_v, "grad_norm": norm_v, **metrics}
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not None:
-                bar.update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f}")
-        last = {k: v / max(steps_per_epoch, 1) for k, v in sums.items()}
+            where = (f"{out_dir}: epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch} "
+                     f"(global step {ctx.step})")
+            trainer.step(step_fn, to_device(host, dist.device), ctx, where, batch_frame_index(host))
+            if trainer.pending >= cfg.log_every or i == steps_per_epoch - 1:
+                window = trainer.sync()  # the host's only look at the device; raises at a non-finite step
+                if bar is not None:
+                    bar.update(window.steps, f"epoch {epoch + 1}/{cfg.epochs} loss {window.last_loss:.4f}")
+        last = trainer.means()
         # training frames per second of the epoch's loop, all processes together (data, steps; not the hooks)
         last["frames_per_s"] = len(sampler) * dist.world_size / max(time.perf_counter() - t_epoch, 1e-9)
         last.update(epoch_state)
-        last["lr"] = float(sched.get_last_lr()[0])
+        last["lr"] = float(trainer.sched.get_last_lr()[0])
         if hooks is not None:
             last.update(hooks.epoch_end(epoch, unwrap(ddp)))
         if dist.world_size > 1:
             tdist.barrier()
         if dist.is_main:
-            snapshot = {"model": unwrap(ddp).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict(), "epoch": epoch, "config": asdict(cfg), "run_key": run_key,
+            snapshot = {"model": unwrap(ddp).state_dict(), "optimizer": trainer.opt.state_dict(),
+                        "scheduler": trainer.sched.state_dict(), "scaler": trainer.scaler.state_dict(), "epoch": epoch,
+                        "config": asdict(cfg), "run_key": run_key,
                         "hooks": hooks.state_dict() if hooks is not None else None}
             check_finite(snapshot, ckpt_path, f"after epoch {epoch + 1}/{cfg.epochs} the training diverged (weights or "
                                               "the epoch's probe statistics overflowed: lower the learning rate, check "

@@ -1,8 +1,8 @@
 """The GPICTURE pre-training loop: I²Mask per frame, hierarchical reconstruction, DGPL.
 
-Masks come from I²Mask on each frame's teacher features with a generator seeded by
-(seed, epoch, frame), so they do not depend on batch composition, process count or
-resumption. DGPL records the first layers' activations on a fixed probe batch at the
+Masks come from I²Mask on each frame's teacher features, on the batch's device (the GPU
+in a CUDA run), with a CPU generator seeded by (seed, epoch, frame), so they do not depend
+on batch composition, process count, resumption or the device's random-number engine. DGPL records the first layers' activations on a fixed probe batch at the
 end of every epoch (in memory, saved in the checkpoint) and gates the teacher loss
 from epoch 2 on.
 """
@@ -62,18 +62,24 @@ def frame_seed(seed: int, epoch: int, frame: int) -> int:
 
 
 def masks_for_batch(batch: PretrainBatch, cfg: MaskConfig, seed: int, epoch: int) -> torch.Tensor:
-    """I²Mask of every frame of the batch, each with its own (seed, epoch, frame) generator."""
+    """I²Mask of every frame of the batch on the batch's device, each frame with its own
+    (seed, epoch, frame) generator. The frames' voxel counts are read once (one host sync
+    for the batch); k-means itself reads back its convergence tests."""
     coords = batch.voxels.voxel_coords
     mask = torch.zeros(len(coords), dtype=torch.bool, device=coords.device)
     bidx = coords[:, 0].long()
-    for b in range(batch.batch_size):  # a handful of frames per batch
-        rows = (bidx == b).nonzero()[:, 0]
-        gen = torch.Generator(device="cpu").manual_seed(frame_seed(seed, epoch, int(batch.voxels.frame_index[b])))
-        m, _ = i2mask_batch(batch.teacher[rows].cpu(), torch.zeros(len(rows), dtype=torch.long),
-                            valid=batch.teacher_valid[rows].cpu(), n_clusters=cfg.n_clusters,
+    order = torch.argsort(bidx, stable=True)  # each frame's rows, in increasing order
+    nb = batch.batch_size
+    counts = torch.bincount(bidx, minlength=nb)[:nb]
+    head = torch.cat([counts, batch.voxels.frame_index.to(counts.device)]).tolist()  # one read for both
+    sizes, frames = head[:nb], head[nb:]
+    for b, rows in enumerate(torch.split(order[:sum(sizes)], sizes)):  # a handful of frames per batch
+        gen = torch.Generator(device="cpu").manual_seed(frame_seed(seed, epoch, int(frames[b])))
+        m, _ = i2mask_batch(batch.teacher[rows], torch.zeros(len(rows), dtype=torch.long, device=coords.device),
+                            valid=batch.teacher_valid[rows], n_clusters=cfg.n_clusters,
                             n_partition=tuple(cfg.n_partition), lambda_threshold=cfg.lambda_threshold,
                             base_mask_ratio=tuple(cfg.base_mask_ratio), generator=gen)
-        mask[rows] = m.to(mask.device)
+        mask[rows] = m
     return mask
 
 
@@ -111,7 +117,8 @@ def _step(model: nn.Module, batch: PretrainBatch, ctx: StepContext, mask_cfg: Ma
     mask = masks_for_batch(batch, mask_cfg, seed, ctx.epoch)
     beta = ctx.epoch_state.get("beta", 0.0) if teacher_targets else 0.0  # the ablation: points only
     losses = model(batch, mask, beta=beta)
-    return losses.total, {"loss_points": float(losses.points.mean()), "loss_teacher": float(losses.teacher.mean()),
+    # device scalars: the engine reads them at its syncs, not every step
+    return losses.total, {"loss_points": losses.points.mean(), "loss_teacher": losses.teacher.mean(),
                           "masked_fraction": losses.masked_fraction}
 
 

@@ -61,7 +61,8 @@ class SetAttentionLayer(nn.Module):
                            first=part.first[sel] & rows[part.voxel[sel]], set_window=part.set_window[sel])
         idx = rows.nonzero()[:, 0]
         out = self.set_attention(x, x + pos, sub)
-        return x.index_copy(0, idx, self._finish(x[idx], out[idx]))
+        # under CUDA autocast LayerNorm returns fp32 while x may be bf16: index_copy does not promote
+        return x.index_copy(0, idx, self._finish(x[idx], out[idx]).to(x.dtype))
 
     def _finish(self, x: Tensor, attended: Tensor) -> Tensor:
         """Residual + LayerNorm, feed-forward + LayerNorm, outer residual + LayerNorm (per row)."""
@@ -87,8 +88,8 @@ class SetAttentionLayer(nn.Module):
                                            dropout_p=attn.dropout if self.training else 0.0)
         o = o.transpose(1, 2).reshape(t * s, d)
         first = part.first.reshape(-1)
-        rows = attn.out_proj(o[first])  # one row per voxel
-        return torch.zeros_like(x).index_copy(0, part.voxel.reshape(-1)[first], rows)
+        rows = attn.out_proj(o[first])  # one row per voxel (bf16 under autocast, x may be fp32 from a LayerNorm)
+        return torch.zeros_like(x).index_copy(0, part.voxel.reshape(-1)[first], rows.to(x.dtype))
 
     def attention_reference(self, x: Tensor, q_in: Tensor, part: SetPartition) -> Tensor:
         """The same attention through ``nn.MultiheadAttention`` on the gathered slots (the
@@ -96,7 +97,7 @@ class SetAttentionLayer(nn.Module):
         xs, qs = x[part.voxel], q_in[part.voxel]  # (T, S, d)
         out, _ = self.attn(qs, qs, xs, key_padding_mask=part.pad_mask, need_weights=False)
         first = part.first
-        return torch.zeros_like(x).index_copy(0, part.voxel[first], out[first])
+        return torch.zeros_like(x).index_copy(0, part.voxel[first], out[first].to(x.dtype))
 
 
 class ZPooling(nn.Module):
