@@ -41,7 +41,8 @@ def doctor(
         for name, want, have in rows:
             mark = ("[green]=[/green]" if want is None or (have or "").split("+")[0] == want.split("+")[0]
                     else "[red]DRIFT[/red]")
-            versions.add_row(name, want or "(not locked: built from source)", have or "-", mark)
+            versions.add_row(name, want or ("(this checkout)" if name == "gpicture" else "(not in the lock)"),
+                             have or "-", mark)
         console.print(versions)
         if lock.drift:
             console.print(f"[red]drift: {len(lock.drift)} of {lock.locked} locked packages differ from the lock "
