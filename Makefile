@@ -3,10 +3,15 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup test repro doctor bench clean
+.PHONY: setup lock test repro doctor bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+# Re-resolve requirements.lock from pyproject.toml (uv, with hashes), keeping the current pins
+# where they still fit (UPGRADE=1: the newest releases); then `make setup` installs it.
+lock:
+	@$${PYTHON:-python3.11} scripts/lock.py write --uv "$$(bash scripts/uv.sh)" $(if $(UPGRADE),--upgrade)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

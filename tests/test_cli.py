@@ -127,3 +127,13 @@ def test_provenance_names_the_commit_and_the_versions(repo_root) -> None:
     head = subprocess.run(["git", "-C", str(repo_root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     p = provenance()
     assert p["git_commit"] == head.strip() and "torch==2.13.0" in p["packages"]
+
+
+def test_checkpoints_record_their_provenance(tmp_path) -> None:
+    import torch
+
+    from gpicture.training.engine import save_atomic
+
+    save_atomic({"model": {"w": torch.ones(2)}}, tmp_path / "c.pt")
+    got = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert len(got["provenance"]["git_commit"]) == 40 and "torch==2.13.0" in got["provenance"]["packages"]

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpicture.data.batch import VoxelBatch
+from gpicture.provenance import provenance
 from gpicture.training.step import NonFiniteError, TrainStep, compile_model
 
 log = logging.getLogger(__name__)
@@ -180,11 +181,12 @@ def check_finite(obj: Any, path: Path, action: str) -> None:
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` through a temporary file renamed into place (never a half-written file).
     Refuses (NonFiniteError, nothing written) an object holding NaN / inf tensors: a poisoned
-    checkpoint would only move the failure to the next stage."""
+    checkpoint would only move the failure to the next stage. Every file records what made it
+    (``provenance``: git commit, Python, key package versions)."""
     check_finite(obj, path, "refusing to write it (nothing written)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        torch.save({**obj, "provenance": provenance()}, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
