@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -99,6 +100,10 @@ def test_resume_continues_exactly(data, tmp_path) -> None:
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
     assert _metric(tmp_path / "straight", "loss") == pytest.approx(_metric(tmp_path / "resumed", "loss"), rel=1e-5)
+    for run in ("straight", "resumed"):  # the metrics and the checkpoint say what made them
+        summary = json.loads((tmp_path / run / "dvclive" / "metrics.json").read_text())
+        assert len(summary["provenance"]["git_commit"]) == 40 and "loss" in summary
+    assert "torch==" in a["provenance"]["packages"]
     torch.set_num_threads(os.cpu_count() or 1)
 
 

@@ -328,6 +328,7 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
         from dvclive import Live
 
         live = Live(dir=str(out_dir / "dvclive"), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None)
+        live.summary["provenance"] = provenance()  # the run's metrics.json says what made it
     bar = _progress(progress and dist.is_main, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
     last: dict[str, float] = {}
     epochs_run = 0
