@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("stages.finetune", "finetune"),
     "evaluate": ("stages.evaluate", "evaluate"),
     "show": ("stages.show", "show"),
+    "verify": ("stages.verify", "verify"),
     "study-run": ("stages.study_run", "study_run"),
     "study": ("stages.study", "study"),
 }

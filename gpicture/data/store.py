@@ -7,8 +7,10 @@ follow that table (the writer: :mod:`gpicture.data.store_writer`).
 Attributes: schema version, dataset, split, classes, point-cloud range, voxel size,
 sweeps, feature names, the source fingerprint, ``labels`` (false: an unlabelled store,
 without any label array), and ``complete`` (set last: a store without it was interrupted
-and is refused). Stores are written under a temporary name and moved into place when
-complete.
+and is refused), and ``integrity``: what the store must hold (every array's shape and chunk
+count, :mod:`gpicture.data.integrity`), checked on open by a directory listing; every chunk
+carries a CRC32C checked when it is read. Stores are written under a temporary name and moved
+into place when complete.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
@@ -23,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpicture.data.chunks import RowReader
+from gpicture.data.chunks import ArrayPlace, RowReader, StoreError
 from gpicture.data.finite import check_finite
+from gpicture.data.integrity import StoreReport, check_chunks, check_present
 from gpicture.data.schema import (
     FIELD,
     FIELDS,
@@ -42,13 +46,12 @@ if TYPE_CHECKING:  # annotations only: zarr is imported where a store is opened
     import zarr
 
 FORMAT = "gpicture-voxel-store"
+REMEDY = "the store is damaged or incompletely copied: `dvc pull` it again, or convert it again (`gpicture convert ... --force`)"
 _TAMPERED = " (a tampered or old store: convert it again)"
 _LAZY = tuple(f for f in FIELDS if f.lazy)
 ROW_FIELDS = tuple(f for f in FIELDS if f.level is not FRAME)  # the fields stored per row (not per frame)
-
-
-class StoreError(ValueError):
-    """A store that is missing, incomplete, or not a gpicture voxel store."""
+log = logging.getLogger(__name__)
+_ROWS_NAME = {"point": "points", "voxel": "voxels", "box": "boxes", "occ": "occupancy rows"}
 
 
 def _lazy(f: Field) -> property:
@@ -85,16 +88,16 @@ def _has_array(group: zarr.Group, path: str) -> bool:
 class VoxelStore:
     """Read-only access to a voxel store: ``len(store)``, ``store.frame_ids``, ``store[i]``."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: Path, group: zarr.Group, recorded: bool = True) -> None:
         self.path = Path(path)
         self._g = group
+        self.recorded = recorded  # the store records its chunks: a missing chunk file is an error
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.labelled = bool(self.attrs.get("labels", True))  # false: no label array (schema LABEL_FIELDS)
-        fr = group["frames"]
-        self._ptr = {lv.ptr: np.asarray(fr[f"{lv.ptr}_ptr"][:]) for lv in ROW_LEVELS}
+        self._ptr = {lv.ptr: self._whole(f"frames/{lv.ptr}_ptr") for lv in ROW_LEVELS}
         self._frame_values: dict[str, np.ndarray] = {}  # the frame table, read whole
         for f in level_fields(FRAME):
-            values = np.asarray(group[f.array][:])
+            values = self._whole(f.array)
             self._frame_values[f.name] = decode_strings(values) if f.codec is Codec.STRING else values
         self._ids = self._frame_values["frame_id"]
         self._poses = self._frame_values["pose"]
@@ -112,7 +115,13 @@ class VoxelStore:
         self._occ = self._rows[FIELD["occupancy"].array]
 
     def _reader(self, name: str) -> RowReader:
-        return RowReader(self._g[name], self.path / name)
+        return RowReader(self._g[name], ArrayPlace(self.path, name, REMEDY, self.recorded))
+
+    def _whole(self, name: str) -> np.ndarray:
+        """All rows of a (small, per-frame) array, through the checked reader."""
+        if not _has_array(self._g, name):
+            raise StoreError(f"{self.path}: array {name} is missing; {REMEDY}")
+        return np.asarray(self._reader(name)(0, self._g[name].shape[0]))
 
     def _decoder(self, f: Field) -> Callable[[int, int], Any] | None:
         """Rows [a, b) of field ``f`` as the frame types hold them; None when the store lacks it."""
@@ -153,7 +162,42 @@ class VoxelStore:
             raise StoreError(f"{path}: the store holds no frames ({skipped} of {attrs.get('frames_in_source', '?')} "
                              f"source frames were skipped at convert: {attrs.get('skipped_reason', 'no reason recorded')})"
                              "; nothing to cache, train or evaluate on")
-        return cls(path, group)
+        # Every recorded array and chunk file is there (a directory listing, no chunk read).
+        recorded = check_present(path, attrs, REMEDY) is not None
+        if not recorded:
+            log.warning("%s: an old store that does not record its chunks: a lost chunk file would read as zeros "
+                        "(convert it again to have it checked)", path)
+        return cls(path, group, recorded)
+
+    def verify(self) -> StoreReport:
+        """Check everything: every chunk present and decoded (checksums included), every row
+        array as long as its level's pointers and the attributes say, the pointers
+        non-decreasing from 0. StoreError naming the first fault."""
+        chunks = check_chunks(self.path, self.attrs, REMEDY)
+        counts = {"frames": len(self)}
+        for lv in ROW_LEVELS:
+            ptr = self._ptr[lv.ptr]
+            if len(ptr) != len(self) + 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any():
+                raise StoreError(f"{self.path}: frames/{lv.ptr}_ptr is not {len(self) + 1} non-decreasing pointers "
+                                 f"from 0; {REMEDY}")
+            total = int(ptr[-1])
+            if lv.total and lv.total in self.attrs and int(self.attrs[lv.total]) != total:
+                raise StoreError(f"{self.path}: attribute {lv.total} = {self.attrs[lv.total]}, but "
+                                 f"frames/{lv.ptr}_ptr ends at {total}; {REMEDY}")
+            for f in ROW_FIELDS:
+                names = [f"{f.array}/{n}" for n in self.feature_names] if f.codec is Codec.FEATURES else [f.array]
+                for name in names:
+                    if f.level is lv and _has_array(self._g, name) and self._g[name].shape[0] != total:
+                        raise StoreError(f"{self.path}: array {name} has {self._g[name].shape[0]} rows, "
+                                         f"frames/{lv.ptr}_ptr says {total}; {REMEDY}")
+            counts[_ROWS_NAME[lv.ptr]] = total
+        for f in level_fields(FRAME):
+            if self._g[f.array].shape[0] != len(self):
+                raise StoreError(f"{self.path}: array {f.array} has {self._g[f.array].shape[0]} rows for "
+                                 f"{len(self)} frames; {REMEDY}")
+        if int(self.attrs.get("n_frames", len(self))) != len(self):
+            raise StoreError(f"{self.path}: attribute n_frames = {self.attrs['n_frames']} for {len(self)} frames; {REMEDY}")
+        return StoreReport(self.path, "voxel store", chunks, counts, recorded=self.recorded)
 
     def __len__(self) -> int:
         return len(self._ids)

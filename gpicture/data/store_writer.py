@@ -6,13 +6,17 @@ writes the frame table and attributes, sets ``complete`` last and moves the stor
 The output is claimed first (:func:`gpicture.atomic.claim_output`: one writer per store,
 ``--force`` replaces only a voxel store), and Zarr's writes are never split by an interrupt
 (:func:`gpicture.atomic.signals_deferred`), so Ctrl-C leaves no temporary folder behind.
+Before ``complete``, the store records what it must hold (:mod:`gpicture.data.integrity`); a
+write that fails (a full disk) is a StoreError naming the store, and the temporary folder is
+removed only after Zarr's pending background writes have finished (``chunks.settle_writes``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Self
@@ -27,7 +31,8 @@ from gpicture.atomic import (
     signals_deferred,
     temp_sibling,
 )
-from gpicture.data.chunks import compressor
+from gpicture.data.chunks import WRITE_CONFIG, compressors, settle_writes
+from gpicture.data.integrity import RECORD_KEY, check_present, record_store
 from gpicture.data.schema import (
     FIELDS,
     FRAME,
@@ -78,6 +83,7 @@ class StoreWriter:
         try:
             self._setup(attrs, feature_names, box_classes, force, flush_points, labels)
         except BaseException:  # an interrupt too: no temporary folder, no claim left behind
+            settle_writes()
             shutil.rmtree(self.tmp, ignore_errors=True)
             self._claim.__exit__(None, None, None)
             raise
@@ -96,7 +102,7 @@ class StoreWriter:
         self._counts = {lv.ptr: [0] for lv in ROW_LEVELS}
         self._meta: dict[str, list] = {f.name: [] for f in level_fields(FRAME)}
         self.dropped_nonfinite = 0
-        with signals_deferred():
+        with self._writing():
             self._g = zarr.open_group(str(self.tmp), mode="w")
         self._a: dict[str, zarr.Array] = {}
         # An optional field's array is created when the first frame that has values arrives
@@ -111,9 +117,10 @@ class StoreWriter:
         for name in names:
             path = f.array if name is None else f"{f.array}/{name}"
             tail = f.stored_shape
-            with signals_deferred():
+            with self._writing():
                 self._a[path] = self._g.create_array(path, shape=(0, *tail), chunks=(f.level.chunk, *tail),
-                                                     dtype=f.stored_dtype(name).name, compressors=compressor())
+                                                     dtype=f.stored_dtype(name).name, compressors=compressors(),
+                                                     config=WRITE_CONFIG)
 
     def __enter__(self) -> Self:
         return self
@@ -121,9 +128,25 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is not None or self.tmp.exists():  # an exception, or never committed
+                settle_writes()  # Zarr's chunk writes still running would recreate the folder
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             self._claim.__exit__(None, None, None)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Zarr writes, never split by an interrupt (atomic.signals_deferred); a write that fails
+        (a full disk, a read-only folder) is a StoreError naming the store and the path written,
+        raised only once Zarr's other pending writes have finished (so that the cleanup that
+        follows leaves nothing behind)."""
+        try:
+            with signals_deferred():
+                yield
+        except OSError as exc:
+            settle_writes()
+            where = exc.filename or self.tmp
+            raise StoreError(f"{self.out}: cannot write the store: {exc.strerror or exc} (writing {where}); "
+                             "nothing was left there: free space or choose another --out, then convert again") from None
 
     def append(self, frame: EncodedFrame) -> None:
         if sorted(frame.features) != sorted(self.feature_names):
@@ -143,7 +166,7 @@ class StoreWriter:
     def _flush(self) -> None:
         if not self._buf:
             return
-        with signals_deferred():  # Zarr's writes complete before an interrupt unwinds (atomic.signals_deferred)
+        with self._writing():  # Zarr's writes complete before an interrupt unwinds (atomic.signals_deferred)
             self._flush_buffer()
 
     def _flush_buffer(self) -> None:
@@ -207,8 +230,9 @@ class StoreWriter:
             raise StoreError(f"{self.out}: no frames to write")
 
         def small(name: str, data: np.ndarray) -> None:
-            with signals_deferred():
-                g.create_array(name, data=data, chunks=(FRAME.chunk, *data.shape[1:]), compressors=compressor())
+            with self._writing():
+                g.create_array(name, data=data, chunks=(FRAME.chunk, *data.shape[1:]), compressors=compressors(),
+                               config=WRITE_CONFIG)
 
         for ptr, counts in self._counts.items():
             small(f"frames/{ptr}_ptr", np.cumsum(counts).astype(np.int64))
@@ -228,8 +252,13 @@ class StoreWriter:
             **{lv.total: int(sum(self._counts[lv.ptr])) for lv in ROW_LEVELS if lv.total},
             "dropped_nonfinite_points": int(self.dropped_nonfinite),
         }
+        # What must exist (every array's shape and chunk count), checked here once: every chunk is
+        # a file (chunks.WRITE_CONFIG), so readers tell a lost chunk from a chunk of fill values.
+        record = record_store(self.tmp)
+        check_present(self.tmp, {RECORD_KEY: record.to_attrs()}, "a writer bug: Zarr skipped a chunk")
+        attrs[RECORD_KEY] = record.to_attrs()
         json.dumps(attrs)  # fail here, not half-way, on a non-JSON attribute
-        with signals_deferred():
+        with self._writing():
             g.attrs.update(attrs)
             g.attrs["complete"] = True
         try:

@@ -12,7 +12,11 @@ result is a Zarr store aligned row for row with the source's voxels:
 
 Work is written to ``.<name>.partial`` next to the output with the number of frames
 done; an interrupted run resumes there (if the source, checkpoint and settings still
-match) and the folder is moved into place only when complete.
+match) and the folder is moved into place only when complete, recording first what it
+holds (:mod:`gpicture.data.integrity`: checked on open, every chunk with a CRC32C). A
+damaged source store stops the run and removes the partial work (nothing half-written
+is left to resume); a failed write (a full disk) names the path and keeps the partial
+work, which resumes.
 """
 
 from __future__ import annotations
@@ -28,8 +32,28 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpicture.atomic import OutputError, OutputLock, claim_output, move_into_place
+from gpicture.data.chunks import (
+    WRITE_CONFIG,
+    ArrayPlace,
+    RowReader,
+    compressors,
+    settle_writes,
+)
+from gpicture.data.integrity import (
+    RECORD_KEY,
+    StoreReport,
+    check_chunks,
+    check_present,
+    record_store,
+)
 from gpicture.data.store import StoreError, VoxelStore
-from gpicture.teacher.voxels import COORDINATES, TRANSFORMS, TeacherVoxels, input_channel, teacher_voxels
+from gpicture.teacher.voxels import (
+    COORDINATES,
+    TRANSFORMS,
+    TeacherVoxels,
+    input_channel,
+    teacher_voxels,
+)
 
 if TYPE_CHECKING:  # annotations only: zarr is imported where a cache is opened or written; the teacher
     import zarr  # needs MinkowskiEngine to build a cache, reading does not
@@ -41,6 +65,8 @@ SCHEMA_VERSION = 1
 TEACHER_FORMAT = "gpicture-teacher-store"  # the store's format attribute, and its output kind (gpicture.atomic)
 CHUNK = 1 << 15
 DIM = 64
+REMEDY = ("the teacher store is damaged or incompletely copied: `dvc pull` it again, or recompute it "
+          "(`gpicture teacher --force`)")
 
 
 @dataclass(frozen=True)
@@ -187,7 +213,6 @@ def _settings(source: VoxelStore, teacher: SealTeacher, cfg: TeacherConfig) -> d
 
 def _open_partial(partial: Path, settings: dict[str, Any], source: VoxelStore, cfg: TeacherConfig) -> zarr.Group:
     import zarr  # lazy: zarr only to write a cache, not for the pre-training code importing this module
-    from zarr.codecs import BloscCodec
 
     if partial.exists():
         try:
@@ -200,14 +225,15 @@ def _open_partial(partial: Path, settings: dict[str, Any], source: VoxelStore, c
         log.warning("teacher: discarding %s (made for another source, checkpoint or settings)", partial)
         shutil.rmtree(partial)
     g = zarr.open_group(str(partial), mode="w")
-    comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    comp = compressors()  # Blosc/zstd + CRC32C, as a voxel store's; every chunk written (WRITE_CONFIG)
     v = source.n_voxels
-    g.create_array("features", shape=(v, DIM), chunks=(CHUNK, DIM), dtype=cfg.dtype, compressors=comp)
+    g.create_array("features", shape=(v, DIM), chunks=(CHUNK, DIM), dtype=cfg.dtype, compressors=comp,
+                   config=WRITE_CONFIG)
     if cfg.dtype == "int8":
-        g.create_array("scale", shape=(v,), chunks=(CHUNK,), dtype="float32", compressors=comp)
-    g.create_array("valid", shape=(v,), chunks=(CHUNK,), dtype="bool", compressors=comp)
+        g.create_array("scale", shape=(v,), chunks=(CHUNK,), dtype="float32", compressors=comp, config=WRITE_CONFIG)
+    g.create_array("valid", shape=(v,), chunks=(CHUNK,), dtype="bool", compressors=comp, config=WRITE_CONFIG)
     ptr = np.array([source.voxel_range(i)[0] for i in range(len(source))] + [v], dtype=np.int64)
-    g.create_array("frames/voxel_ptr", data=ptr, chunks=(4096,), compressors=comp)
+    g.create_array("frames/voxel_ptr", data=ptr, chunks=(4096,), compressors=comp, config=WRITE_CONFIG)
     g.attrs.update({"format": TEACHER_FORMAT, "schema_version": SCHEMA_VERSION, "settings": settings,
                     "frames_done": 0, "complete": False})
     return g
@@ -232,16 +258,41 @@ def build_teacher_store(source_path: Path, out: Path, teacher: SealTeacher, cfg:
 
 def _build(source: VoxelStore, out: Path, teacher: SealTeacher, cfg: TeacherConfig, lock: OutputLock,
            progress: Callable[[int, int], None] | None, stop_after: int | None) -> dict[str, Any]:
-    """:func:`build_teacher_store`'s work, under the claim ``lock`` on ``out``."""
+    """:func:`build_teacher_store`'s work, under the claim ``lock`` on ``out``: a write that fails
+    (a full disk) is a StoreError naming the path, raised once Zarr's pending writes are done
+    (the partial work stays and resumes)."""
     partial = out.with_name(f".{out.name}.partial")
+    try:
+        return _fill(source, out, partial, teacher, cfg, lock, progress, stop_after)
+    except OutputError:
+        raise
+    except OSError as exc:
+        settle_writes()
+        raise StoreError(f"{out}: cannot write the teacher store: {exc.strerror or exc} (writing "
+                         f"{exc.filename or partial}); the frames done so far stay in {partial} and resume: free "
+                         "space, then run `gpicture teacher` again") from None
+
+
+def _fill(source: VoxelStore, out: Path, partial: Path, teacher: SealTeacher, cfg: TeacherConfig, lock: OutputLock,
+          progress: Callable[[int, int], None] | None, stop_after: int | None) -> dict[str, Any]:
+    """Compute the remaining frames into ``partial``, record it, move it to ``out``."""
+    import zarr  # lazy, as _open_partial
+
     settings = _settings(source, teacher, cfg)
     g = _open_partial(partial, settings, source, cfg)
+    with zarr.config.set({f"array.{k}": v for k, v in WRITE_CONFIG.items()}):  # resumed arrays too
+        arrays = {name: g[name] for name in ("features", "valid", *(("scale",) if cfg.dtype == "int8" else ()))}
     n = len(source)
     start = int(g.attrs["frames_done"])
     done_now = 0
     for b0 in range(start, n, cfg.batch_frames):
         b1 = min(b0 + cfg.batch_frames, n)
-        frames = [source.frame(i, labels=False) for i in range(b0, b1)]  # the teacher sees no label
+        try:
+            frames = [source.frame(i, labels=False) for i in range(b0, b1)]  # the teacher sees no label
+        except StoreError as exc:  # a damaged source: nothing computed from it may be resumed later
+            settle_writes()
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StoreError(f"{exc}; {out} not written (its partial work {partial} removed)") from None
         try:
             feats = frame_batch_features(teacher, frames, cfg)
         except NonFiniteFeatures as exc:  # the partial keeps only the frames before this batch (all finite)
@@ -250,17 +301,21 @@ def _build(source: VoxelStore, out: Path, teacher: SealTeacher, cfg: TeacherConf
         block = np.concatenate([f for f, _ in feats]) if feats else np.zeros((0, DIM), np.float32)
         if cfg.dtype == "int8":
             q, scale = quantize_int8(block)
-            g["features"][v0:v1] = q
-            g["scale"][v0:v1] = scale
+            arrays["features"][v0:v1] = q
+            arrays["scale"][v0:v1] = scale
         else:
-            g["features"][v0:v1] = block.astype(np.float16)
-        g["valid"][v0:v1] = np.concatenate([m for _, m in feats])
+            arrays["features"][v0:v1] = block.astype(np.float16)
+        arrays["valid"][v0:v1] = np.concatenate([m for _, m in feats])
         g.attrs["frames_done"] = b1  # only after the rows are written: a resume redoes at most one batch
         done_now += b1 - b0
         if progress:
             progress(b1, n)
         if stop_after is not None and done_now >= stop_after and b1 < n:
             return {"frames": b1, "complete": False}
+    # What the store must hold, checked once here (every chunk is a file: WRITE_CONFIG), then kept.
+    record = record_store(partial).to_attrs()
+    check_present(partial, {RECORD_KEY: record}, "a writer bug: Zarr skipped a chunk")
+    g.attrs[RECORD_KEY] = record
     g.attrs["complete"] = True
     move_into_place(partial, out, lock=lock)  # the Zarr format attribute says the kind (a marker file would be a stray Zarr member)
     valid = TeacherStore.open(out).valid_fraction()
@@ -271,13 +326,22 @@ def _build(source: VoxelStore, out: Path, teacher: SealTeacher, cfg: TeacherConf
 class TeacherStore:
     """Read access to a teacher cache, checked against its source store."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: Path, group: zarr.Group, recorded: bool = True) -> None:
         self.path = path
         self._g = group
+        self.recorded = recorded  # the store records its chunks: a missing chunk file is an error
         self.attrs = dict(group.attrs)
         self.settings = self.attrs["settings"]
-        self._ptr = np.asarray(group["frames/voxel_ptr"][:])
         self.dtype = self.settings["config"]["dtype"]
+        names = ("frames/voxel_ptr", "features", "valid", *(("scale",) if self.dtype == "int8" else ()))
+        self._read: dict[str, RowReader] = {}
+        for n in names:
+            try:
+                arr = group[n]
+            except KeyError:
+                raise StoreError(f"{path}: array {n} is missing; {REMEDY}") from None
+            self._read[n] = RowReader(arr, ArrayPlace(path, n, REMEDY, recorded))
+        self._ptr = np.asarray(self._read["frames/voxel_ptr"](0, group["frames/voxel_ptr"].shape[0]))
 
     @classmethod
     def open(cls, path: str | Path, source: VoxelStore | None = None) -> TeacherStore:
@@ -291,7 +355,12 @@ class TeacherStore:
             raise StoreError(f"{path}: not a gpicture teacher store")
         if not g.attrs.get("complete"):
             raise StoreError(f"{path}: incomplete teacher store (an interrupted run); run `gpicture teacher` again")
-        store = cls(path, g)
+        # Every recorded array and chunk file is there (a directory listing, no chunk read).
+        recorded = check_present(path, dict(g.attrs), REMEDY) is not None
+        if not recorded:
+            log.warning("%s: an old teacher store that does not record its chunks: a lost chunk file would read as "
+                        "zeros (recompute it with `gpicture teacher --force` to have it checked)", path)
+        store = cls(path, g, recorded)
         if source is not None and store.settings["source_store_fingerprint"] != source.fingerprint:
             raise StoreError(f"{path}: was computed from another source store than {source.path} "
                              "(fingerprints differ): recompute it")
@@ -300,11 +369,31 @@ class TeacherStore:
     def __len__(self) -> int:
         return len(self._ptr) - 1
 
+    def verify(self, source: VoxelStore | None = None) -> StoreReport:
+        """Check everything: every chunk present and decoded (checksums included), and every row
+        array as long as the voxel pointers and the recorded source say. StoreError naming the
+        first fault."""
+        chunks = check_chunks(self.path, self.attrs, REMEDY)
+        ptr, n_vox = self._ptr, int(self.settings["source_n_voxels"])
+        if len(ptr) != int(self.settings["source_n_frames"]) + 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any():
+            raise StoreError(f"{self.path}: frames/voxel_ptr is not {self.settings['source_n_frames'] + 1} "
+                             f"non-decreasing pointers from 0; {REMEDY}")
+        if int(ptr[-1]) != n_vox:
+            raise StoreError(f"{self.path}: frames/voxel_ptr ends at {int(ptr[-1])}, the source had {n_vox} voxels; "
+                             f"{REMEDY}")
+        for name, read in self._read.items():
+            if name != "frames/voxel_ptr" and read.arr.shape[0] != n_vox:
+                raise StoreError(f"{self.path}: array {name} has {read.arr.shape[0]} rows for {n_vox} voxels; {REMEDY}")
+        if source is not None and self.settings["source_store_fingerprint"] != source.fingerprint:
+            raise StoreError(f"{self.path}: was computed from another source store than {source.path}: recompute it")
+        return StoreReport(self.path, "teacher store", chunks, {"frames": len(self), "voxels": n_vox},
+                           recorded=self.recorded)
+
     def _rows(self, v0: int, v1: int) -> np.ndarray:
         """Feature rows v0:v1 as float32 (int8 stores: times their per-row scale)."""
-        f = np.asarray(self._g["features"][v0:v1]).astype(np.float32)
+        f = np.asarray(self._read["features"](v0, v1)).astype(np.float32)
         if self.dtype == "int8":
-            f *= np.asarray(self._g["scale"][v0:v1])[:, None]
+            f *= np.asarray(self._read["scale"](v0, v1))[:, None]
         return f
 
     def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +407,7 @@ class TeacherStore:
             raise StoreError(f"{self.path}: frame {i} has {int(bad.sum())} of {len(f)} voxels with non-finite "
                              "(NaN / inf) teacher features (a damaged or edited store); recompute it with "
                              "`gpicture teacher --force`")
-        return f, np.asarray(self._g["valid"][v0:v1])
+        return f, np.asarray(self._read["valid"](v0, v1))
 
     def valid_fraction(self) -> float:
         """Fraction of the voxels with a teacher feature that is present and finite (read in chunks)."""
@@ -326,5 +415,5 @@ class TeacherStore:
         good = 0
         for a in range(0, n, CHUNK):
             b = min(a + CHUNK, n)
-            good += int((np.asarray(self._g["valid"][a:b]) & np.isfinite(self._rows(a, b)).all(1)).sum())
+            good += int((np.asarray(self._read["valid"](a, b)) & np.isfinite(self._rows(a, b)).all(1)).sum())
         return good / n if n else 0.0
