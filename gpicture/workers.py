@@ -6,6 +6,13 @@ every ``with`` block, so temporary outputs are removed on the way out, and the C
 with 128 + the signal number (130 for SIGINT, 143 for SIGTERM). Further signals during
 that unwinding are ignored, so a second Ctrl-C cannot interrupt the cleanup half-way.
 
+Data-parallel training ranks (:mod:`gpicture.training.launch`, or ``torchrun``'s) cannot stop at
+any bytecode: a rank that leaves mid-step strands its peers in a collective. There SIGINT and
+SIGTERM only record a stop request (:func:`stop_at_steps`); the training loop calls
+:func:`raise_if_stopped` before each step, so every rank stops at its next step boundary
+(a rank whose peer stopped first sees its collective fail: :func:`stop_requested` tells the
+caller that this failure is the interrupt).
+
 The pools' workers ignore SIGINT (a terminal's Ctrl-C reaches the whole process group)
 and die on SIGTERM. When the main process leaves a pool by an exception (an interrupt, a
 bad frame, the consumer stopping early), :func:`pool_map` terminates the workers instead of
@@ -18,6 +25,7 @@ import multiprocessing
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -50,6 +58,46 @@ def install_signal_handlers() -> None:
     """SIGINT and SIGTERM raise :class:`Interrupted` in this (main) process."""
     for s in _SIGNALS:
         signal.signal(s, _raise_interrupted)
+
+
+_stop: list[int] = []  # the signal of the stop request, once one came (stop_at_steps)
+
+
+def _record_stop(signum: int, _frame: object) -> None:
+    if not _stop:
+        _stop.append(signum)
+
+
+def request_stop_at_steps() -> None:
+    """From now on, in this process, SIGINT and SIGTERM record a stop request instead of raising
+    (a training rank's whole life: the launcher's spawned ranks)."""
+    for s in _SIGNALS:
+        signal.signal(s, _record_stop)
+
+
+@contextmanager
+def stop_at_steps() -> Iterator[None]:
+    """Within the block SIGINT / SIGTERM record a stop request (:func:`raise_if_stopped` turns it
+    into :class:`Interrupted` at the next step); the previous handlers come back after it
+    (a ``torchrun`` rank's training, inside the CLI's raising handlers)."""
+    old = {s: signal.getsignal(s) for s in _SIGNALS}
+    request_stop_at_steps()
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def stop_requested() -> int | None:
+    """The signal number of the stop request this process received, None if none came."""
+    return _stop[0] if _stop else None
+
+
+def raise_if_stopped() -> None:
+    """:class:`Interrupted` if a stop request came (a training loop's check before each step)."""
+    if _stop:
+        raise Interrupted(_stop[0])
 
 
 def _worker_start(init: Callable[..., None] | None, init_args: tuple) -> None:

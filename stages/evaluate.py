@@ -18,7 +18,7 @@ from gpicture.data.spec import DATASETS, dataset_spec
 from gpicture.data.store import VoxelStore
 from gpicture.eval.baselines import constant_predictions, majority_class
 from gpicture.eval.predictions import RawSource
-from gpicture.params import ParamsError, load_section
+from gpicture.params import ParamsError, Section, load_section
 from gpicture.provenance import provenance
 from gpicture.tasks.base import TaskName
 from gpicture.training.finetune import load_model, predict
@@ -77,7 +77,9 @@ def evaluate(
     with ExitStack() as claims:
         try:
             spec = dataset_spec(dataset)
-            sec = load_section(params, "evaluate", task.value)
+            sec = Section(params, f"evaluate.{task.value}", load_section(params, "evaluate", task.value))
+            score_threshold = sec.number("score_threshold", 0.0, 1.0, default=0.05)
+            batch_size = sec.integer("batch_size", 1, default=2)
             report_dir = report_dir or Path(f"predictions/{dataset}/{task.value}")
             check_writable(out)  # before scoring: a read-only --out must not cost a whole evaluation
             check_writable(report_dir, folder=True)
@@ -96,7 +98,7 @@ def evaluate(
             if not source.root.exists():
                 err.print(f"note: {source.root}: the raw split {store} was converted from is not there (from "
                           f"{Path.cwd()}); the official tools that read it need --raw-root", soft_wrap=True)
-            impl = task_for(task, score_threshold=float(sec.get("score_threshold", 0.05)))
+            impl = task_for(task, score_threshold=score_threshold)
             if baseline is not None:
                 if task is not TaskName.segmentation or predictions is not None:
                     raise ValueError("--baseline majority scores segmentation, without --predictions")
@@ -109,7 +111,7 @@ def evaluate(
                 net = load_model(impl, model or Path(f"models/{task.value}/{dataset}/model.pt"), spec, src.attrs)
                 if torch.cuda.is_available():
                     net = net.cuda()
-                written = impl.write(spec, predict(impl, net, store, int(sec.get("batch_size", 2))), store, report_dir,
+                written = impl.write(spec, predict(impl, net, store, batch_size), store, report_dir,
                                      source)
                 predictions = written.path
                 err.print(f"wrote {predictions}: {written.count} {written.unit}")

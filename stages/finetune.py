@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from gpicture.data.spec import DATASETS, dataset_spec
-from gpicture.params import ParamsError, load_section, model_profile, with_profile
+from gpicture.params import ParamsError, Section, model_profile
 from gpicture.tasks.base import EvaluatedTask, TaskName
 from gpicture.tasks.detection.task import DetectionTask
 from gpicture.tasks.occupancy import OccupancyTask
@@ -18,7 +18,8 @@ from gpicture.tasks.segmentation import SegmentationTask
 from gpicture.training.engine import DistInfo, TrainConfig
 from gpicture.training.finetune import FinetuneRun, resolve_init
 from gpicture.training.finetune import finetune as run_finetune
-from gpicture.training.launch import claim_run, launch
+from gpicture.training.launch import error_message, launch
+from gpicture.training.run_folder import claim_run, finetune_run
 
 
 def task_for(name: TaskName, score_threshold: float = 0.1) -> EvaluatedTask:
@@ -47,6 +48,9 @@ def finetune(
     resume: bool = typer.Option(True, help="Continue from <out>/checkpoint.pt when present."),
     procs: int | None = typer.Option(None, help="Data-parallel processes, one thread each (params: finetune.procs; "
                                                 "batch_size is per process)."),
+    force: bool = typer.Option(False, "--force", help="Start afresh in an existing fine-tuning run folder of this "
+                                                    "task at --out (its checkpoint, model.pt and logs removed first); "
+                                                    "a folder holding anything else is refused, never deleted."),
     params: Path = typer.Option(Path("params.yaml"), help="The params file."),
 ) -> None:
     """Fine-tune a pre-trained (or scratch) student with a task head on labelled frames.
@@ -57,27 +61,27 @@ def finetune(
     try:
         spec = dataset_spec(dataset)
         profile, prof = model_profile(params, dataset)
-        common = load_section(params, "finetune")
-        sec = with_profile(load_section(params, "finetune", task.value), profile, dataset)
-        sec["seed"] = int(seed if seed is not None else sec.get("seed", common.get("seed", 0)))
-        if batch_size is not None:
-            sec["batch_size"] = int(batch_size)
-        cfg = TrainConfig.from_params(sec, epochs)
-        settings = impl.settings(sec, spec)
-        init_path = resolve_init(str(init or common.get("init", "pretrained")), dataset)
-        fraction = float(label_fraction if label_fraction is not None else common.get("label_fraction", 1.0))
+        common = Section.load(params, "finetune")
+        sec = Section.load(params, "finetune", task.value, profile=profile, dataset=dataset)
+        # a task's own seed / procs, else the fine-tuning's (finetune.seed, finetune.procs); the option beats both
+        seed_from = sec if "seed" in sec else common
+        sec.values["seed"] = seed_from.integer("seed", 0, default=0, override=seed, option="--seed")
+        cfg = TrainConfig.from_section(sec, epochs, batch_size)
+        settings = impl.settings(sec.values, spec)
+        init_path = resolve_init(common.text("init", default="pretrained", override=init, option="--init"), dataset)
+        fraction = common.fraction("label_fraction", default=1.0, override=label_fraction, option="--label-fraction")
         store = store or Path(f"data/zarr/{dataset}/train.zarr")
         out = out or Path(f"models/{task.value}/{dataset}")
-        n_procs = int(procs if procs is not None else sec.get("procs", common.get("procs", 1)))
+        n_procs = (sec if "procs" in sec else common).integer("procs", 1, default=1, override=procs, option="--procs")
     except (ParamsError, KeyError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    run = FinetuneRun(spec, prof, store, out, cfg, DistInfo(), init_path, fraction, resume=resume)
     try:
-        with claim_run(out):  # one writer per run folder
+        with claim_run(out, finetune_run(task.value), force=force) as folder:  # one writer per run folder, ours
+            run = FinetuneRun(spec, prof, store, folder, cfg, DistInfo(), init_path, fraction, resume=resume)
             metrics = launch(finetune_rank, (impl, settings, run), n_procs)
     except (ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {error_message(exc)}", soft_wrap=True)
         raise typer.Exit(2) from None
     if metrics is not None:  # None on the ranks > 0 of a torchrun launch
         Console().print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), soft_wrap=True)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gpicture.params import ParamsError, load_section, model_profile, with_profile
+from gpicture.params import ParamsError, Section, load_section, model_profile, with_profile
 
 
 class View(str, Enum):
@@ -72,16 +72,14 @@ def show(
             raise ValueError("--all writes one folder per frame: give --out-dir DIR")
         src = VoxelStore.open(store)
         dataset = str(src.attrs["dataset"])
-        pre = load_section(params, "pretrain")
-        m = pre["mask"]
+        pre = Section.load(params, "pretrain")
         mask = None  # built only when drawn: it imports torch, which bev-only workers can skip
         if view in (View.all, View.mask) and (rerun is None or teacher is not None):
             from gpicture.training.pretrain import MaskConfig
 
-            mask = MaskConfig(int(m["n_clusters"]), tuple(m["n_partition"]), float(m["lambda_threshold"]),
-                              tuple(m["base_ratio"]))
+            mask = MaskConfig.from_section(pre.sub("mask"))
         occ = with_profile(load_section(params, "finetune", "occupancy"), model_profile(params, dataset)[0], dataset).get("grid", {})
-        cfg = ShowConfig(mask=mask, mask_seed=int(pre.get("seed", 0)) if mask_seed is None else mask_seed,
+        cfg = ShowConfig(mask=mask, mask_seed=pre.integer("seed", 0, default=0, override=mask_seed, option="--mask-seed"),
                          mask_epoch=mask_epoch,
                          occupancy_grid=OccupancyGridSpec.from_params(occ[dataset]) if dataset in occ else None,
                          color_by=color_by.value, score_threshold=score_threshold, size=size)

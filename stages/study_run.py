@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 
 from gpicture.atomic import claim_output
-from gpicture.params import ParamsError, load_section
+from gpicture.params import ParamsError, Section, load_section
 from gpicture.study import StudySpec, run_metrics_path, run_path
 from gpicture.tasks.base import TaskName
 from gpicture.workers import pool_as_completed
@@ -77,7 +77,7 @@ def run_job(job: StudyJob) -> float:
     try:
         finetune(task=TaskName(job.task), dataset=job.dataset, init=job.init, label_fraction=float(job.fraction),
                  store=None, out=job.run_dir, epochs=job.epochs, batch_size=job.batch_size,
-                 seed=job.seed, resume=False, procs=1,
+                 seed=job.seed, resume=False, procs=1, force=False,
                  params=job.params)
         evaluate(task=TaskName(job.task), dataset=job.dataset, model=job.run_dir / "model.pt", predictions=None,
                  store=None, out=job.metrics, report_dir=job.run_dir / "eval", baseline=None, train_store=None,
@@ -104,13 +104,13 @@ def study_run(
             raise ValueError(f"study.inits has no {init!r} (has {', '.join(inits)})")
         if task.value not in spec.tasks:
             raise ValueError(f"study.tasks has no {task.value!r}")
-        n_jobs = int(jobs if jobs is not None else sec.get("jobs", 1))
-        epochs = (sec.get("epochs") or {}).get(task.value)
-        epochs = int(epochs) if epochs is not None else None
-        ft = load_section(params, "finetune")  # the main fine-tune's frames a step, in one process here
-        batch = int(ft[task.value]["batch_size"]) * int(ft[task.value].get("procs", ft.get("procs", 1)))
-        if n_jobs < 1:
-            raise ValueError(f"study.jobs must be >= 1, got {n_jobs}")
+        study = Section(params, "study", sec)
+        n_jobs = study.integer("jobs", 1, default=1, override=jobs, option="--jobs")
+        per_task = study.sub("epochs") if study.raw("epochs", None) is not None else None
+        epochs = per_task.integer(task.value, 1) if per_task is not None and task.value in per_task else None
+        # the main fine-tune's frames a step, in one process here
+        common, ft = Section.load(params, "finetune"), Section.load(params, "finetune", task.value)
+        batch = ft.integer("batch_size", 1) * (ft if "procs" in ft else common).integer("procs", 1, default=1)
         if str(inits[init]) != "scratch" and not Path(inits[init]).is_file():
             raise ValueError(f"study.inits.{init}: {inits[init]} is not there (run its pre-training stage first)")
     except (ParamsError, KeyError, ValueError) as exc:

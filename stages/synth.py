@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gpicture.params import ParamsError, load_section
+from gpicture.params import ParamsError, Section
 from gpicture.synth.generate import (
     SynthConfig,
     SynthError,
@@ -46,28 +46,28 @@ def synth(
     """Generate procedural driving scenes with exact labels, in the real dataset format."""
     err = Console(stderr=True)
     try:
-        top = load_section(params, "synth")
-        sec = load_section(params, "synth", dataset.value)
-        pool = load_section(params, "synth", "pretrain", dataset.value) if pretrain else {}
+        top = Section.load(params, "synth")
+        sec = Section.load(params, "synth", dataset.value)
+        pool = Section.load(params, "synth", "pretrain", dataset.value) if pretrain else None
+        labelled = SynthConfig(
+            scenes=sec.integer("scenes", 1),
+            frames=sec.integer("frames", 1, override=frames, option="--frames"),
+            seed=top.integer("seed", 0, default=0, override=seed, option="--seed"),
+            val_fraction=sec.number("val_fraction", 0.0, 1.0, high_open=True, default=0.25),
+            density=sec.positive("density", default=1.0, override=density, option="--density"),
+            sweeps_before=sec.integer("sweeps_before", 0, default=10),
+            occupancy=sec.flag("occupancy", default=True),
+            waymo_label_every=sec.integer("label_every", 1, default=5),
+            zlib_level=sec.integer("zlib_level", 0, default=1),
+            workers=top.integer("workers", 1, default=1, override=workers, option="--workers"),
+            version=sec.text("version", default="v1.0-mini"),
+        )
+        what = pool if pool is not None else sec  # the pool inherits everything but its size and root from the dataset's
+        cfg = replace(labelled, scenes=what.integer("scenes", 1, override=scenes, option="--scenes"))
+        out = out if out is not None else Path(what.text("out"))
     except ParamsError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    labelled = SynthConfig(
-        scenes=int(sec["scenes"]),
-        frames=frames if frames is not None else int(sec["frames"]),
-        seed=seed if seed is not None else int(top.get("seed", 0)),
-        val_fraction=float(sec.get("val_fraction", 0.25)),
-        density=density if density is not None else float(sec.get("density", 1.0)),
-        sweeps_before=int(sec.get("sweeps_before", 10)),
-        occupancy=bool(sec.get("occupancy", True)),
-        waymo_label_every=int(sec.get("label_every", 5)),
-        zlib_level=int(sec.get("zlib_level", 1)),
-        workers=workers if workers is not None else int(top.get("workers", 1)),
-        version=str(sec.get("version", "v1.0-mini")),
-    )
-    what = pool if pretrain else sec  # the pool inherits everything but its size and root from the dataset's
-    cfg = replace(labelled, scenes=scenes if scenes is not None else int(what["scenes"]))
-    out = out if out is not None else Path(what["out"])
     if pretrain:  # the nuScenes pool's names stay clear of the labelled dataset's (params: synth.<dataset>)
         generate = (partial(generate_nuscenes_pretrain, labelled=labelled) if dataset is Dataset.nuscenes
                     else generate_waymo_pretrain)

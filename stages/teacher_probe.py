@@ -10,7 +10,7 @@ from rich.console import Console
 
 from gpicture.atomic import write_file_atomic
 from gpicture.data.spec import DATASETS
-from gpicture.params import ParamsError, load_section
+from gpicture.params import ParamsError, Section
 from gpicture.provenance import provenance
 from gpicture.teacher.cache import TeacherStore
 from gpicture.training.teacher_probe import (
@@ -41,14 +41,16 @@ def teacher_probe(
     teacher = teacher or Path(f"data/teacher/{dataset}/val.zarr")
     out = out or Path(f"metrics/{dataset}/teacher.json")
     try:
-        mask = load_section(params, "pretrain", "mask")
-        k = int(mask.get("n_clusters", 8))
+        mask = Section.load(params, "pretrain", "mask")  # the pre-training's I2Mask settings, checked before the work
+        k = mask.integer("n_clusters", 1, default=8)
+        partition = list(mask.integers("n_partition", 1) if "n_partition" in mask else (3, 3, 2))
+        threshold = mask.number("lambda_threshold", 0.0, 1.0, default=0.6)
+        base = list(mask.numbers("base_ratio", 0.0, 1.0, high_open=True) if "base_ratio" in mask else (0.9, 0.45, 0.0))
         train = labelled_features(train_store, train_teacher)
         val = labelled_features(store, teacher)
         purity = cluster_purity(val, k)
         probe = linear_probe(train, val)
-        ratios = masking_ratios(val, k, list(mask.get("n_partition", [3, 3, 2])),
-                                float(mask.get("lambda_threshold", 0.6)), list(mask.get("base_ratio", [0.9, 0.45, 0.0])))
+        ratios = masking_ratios(val, k, partition, threshold, base)
         settings = TeacherStore.open(teacher).settings
         description = settings.get("teacher_description") or (
             f"random initialisation (seed {settings['random_init_seed']})" if settings.get("random_init")

@@ -21,8 +21,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,9 +35,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from gpicture.atomic import OutputError
 from gpicture.data.batch import VoxelBatch
+from gpicture.params import Section
 from gpicture.provenance import provenance
 from gpicture.training.step import NonFiniteError, TrainStep, compile_model
+from gpicture.workers import Interrupted, raise_if_stopped, stop_requested
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -62,19 +67,32 @@ class TrainConfig:
     log_every: int = 50  # steps between host syncs (metrics, the finite-value check, the progress bar)
 
     def __post_init__(self) -> None:
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1 (steps between host syncs), got {self.log_every}")
+        # built in code (tests, benchmarks); from params.yaml, from_section has checked each key already.
+        # epochs 0 (the initial weights, written as the run's model) only from code: params and --epochs need >= 1
+        for name, least in (("epochs", 0), ("batch_size", 1), ("num_workers", 0), ("seed", 0), ("log_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
+        if not (self.lr > 0 and self.div_factor > 0 and self.grad_clip > 0 and self.weight_decay >= 0
+                and 0 < self.pct_start < 1 and len(self.moms) == 2):
+            raise ValueError(f"TrainConfig: lr, div_factor, grad_clip must be > 0, weight_decay >= 0, pct_start in "
+                             f"(0, 1), moms two values; got {self}")
 
     @classmethod
-    def from_params(cls, sec: dict[str, Any], epochs: int | None = None) -> TrainConfig:
-        """From a params section (``epochs`` overrides its value)."""
+    def from_section(cls, sec: Section, epochs: int | None = None, batch_size: int | None = None) -> TrainConfig:
+        """From a params section (``pretrain``, ``finetune.<task>``), each key checked where it is
+        read (a bad value: ParamsError naming the file and key); ``epochs`` / ``batch_size``, when
+        given, override their keys and are reported as ``--epochs`` / ``--batch-size``."""
         return cls(
-            epochs=int(epochs if epochs is not None else sec["epochs"]), batch_size=int(sec["batch_size"]),
-            lr=float(sec["lr"]), weight_decay=float(sec["weight_decay"]), moms=tuple(float(m) for m in sec["moms"]),
-            pct_start=float(sec["pct_start"]), div_factor=float(sec["div_factor"]),
-            grad_clip=float(sec["grad_clip"]), seed=int(sec.get("seed", 0)), num_workers=int(sec.get("num_workers", 0)),
-            amp=bool(sec.get("amp", True)), compile=bool(sec.get("compile", False)),
-            pin_memory=bool(sec.get("pin_memory", True)), log_every=int(sec.get("log_every", 50)))
+            epochs=sec.integer("epochs", 1, override=epochs, option="--epochs"),
+            batch_size=sec.integer("batch_size", 1, override=batch_size, option="--batch-size"),
+            lr=sec.positive("lr"), weight_decay=sec.number("weight_decay", 0.0),
+            moms=sec.numbers("moms", 0.0, 1.0, length=2),  # type: ignore[arg-type]
+            pct_start=sec.number("pct_start", 0.0, 1.0, low_open=True, high_open=True),
+            div_factor=sec.positive("div_factor"), grad_clip=sec.positive("grad_clip"),
+            seed=sec.integer("seed", 0, default=0), num_workers=sec.integer("num_workers", 0, default=0),
+            amp=sec.flag("amp", default=True), compile=sec.flag("compile", default=False),
+            pin_memory=sec.flag("pin_memory", default=True), log_every=sec.integer("log_every", 1, default=50))
 
     def defining(self) -> dict[str, Any]:
         """The settings a checkpoint must have been written under to be resumed (not the runtime keys)."""
@@ -185,11 +203,42 @@ def save_atomic(obj: dict, path: Path) -> None:
     (``provenance``: git commit, Python, key package versions)."""
     check_finite(obj, path, "refusing to write it (nothing written)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sink = None
     try:
-        torch.save({**obj, "provenance": provenance()}, tmp)
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            torch.save({**obj, "provenance": provenance()}, sink)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # a full disk, a read-only or vanished folder: one line naming the file (torch's zip writer
+        # reports the file system's error as its own RuntimeError: the sink kept the original)
+        cause = sink.error if sink is not None and sink.error is not None else exc
+        if not isinstance(cause, OSError):
+            raise
+        raise OutputError(f"{path}: cannot be written ({cause.strerror or cause}); nothing of it was written, "
+                          "an earlier file there is kept") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _Sink:
+    """The file object ``torch.save`` writes to, keeping the OSError of a failed write."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> Any:
@@ -327,56 +376,83 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
     if dist.is_main:
         from dvclive import Live
 
-        live = Live(dir=str(out_dir / "dvclive"), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None)
+        with _logs_written(out_dir):
+            live = Live(dir=str(out_dir / "dvclive"), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None)
         live.summary["provenance"] = provenance()  # the run's metrics.json says what made it
     bar = _progress(progress and dist.is_main, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
     last: dict[str, float] = {}
     epochs_run = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        epoch_state = hooks.epoch_start(epoch) if hooks is not None else {}
-        ddp.train()
-        trainer.reset()
-        t_epoch = time.perf_counter()
-        for i, item in enumerate(loader):
-            host = item.batch if isinstance(item, Pinned) else item
-            ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + i, epoch_state=epoch_state, device=dist.device)
-            where = (f"{out_dir}: epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch} "
-                     f"(global step {ctx.step})")
-            trainer.step(step_fn, to_device(host, dist.device), ctx, where, batch_frame_index(host))
-            if trainer.pending >= cfg.log_every or i == steps_per_epoch - 1:
-                window = trainer.sync()  # the host's only look at the device; raises at a non-finite step
-                if bar is not None:
-                    bar.update(window.steps, f"epoch {epoch + 1}/{cfg.epochs} loss {window.last_loss:.4f}")
-        last = trainer.means()
-        # training frames per second of the epoch's loop, all processes together (data, steps; not the hooks)
-        last["frames_per_s"] = len(sampler) * dist.world_size / max(time.perf_counter() - t_epoch, 1e-9)
-        last.update(epoch_state)
-        last["lr"] = float(trainer.sched.get_last_lr()[0])
-        if hooks is not None:
-            last.update(hooks.epoch_end(epoch, unwrap(ddp)))
-        if dist.world_size > 1:
-            tdist.barrier()
-        if dist.is_main:
-            snapshot = {"model": unwrap(ddp).state_dict(), "optimizer": trainer.opt.state_dict(),
-                        "scheduler": trainer.sched.state_dict(), "scaler": trainer.scaler.state_dict(), "epoch": epoch,
-                        "config": asdict(cfg), "run_key": run_key,
-                        "hooks": hooks.state_dict() if hooks is not None else None}
-            check_finite(snapshot, ckpt_path, f"after epoch {epoch + 1}/{cfg.epochs} the training diverged (weights or "
-                                              "the epoch's probe statistics overflowed: lower the learning rate, check "
-                                              "the data); not written, the previous checkpoint is kept")
-            save_atomic(snapshot, ckpt_path)
-            for k, v in last.items():
-                live.log_metric(k, v)
-            live.next_step()
-        epochs_run += 1
-        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-            break
-    if bar is not None:
-        bar.close()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            epoch_state = hooks.epoch_start(epoch) if hooks is not None else {}
+            ddp.train()
+            trainer.reset()
+            t_epoch = time.perf_counter()
+            for i, item in enumerate(loader):
+                host = item.batch if isinstance(item, Pinned) else item
+                ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + i, epoch_state=epoch_state, device=dist.device)
+                where = (f"{out_dir}: epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch} "
+                         f"(global step {ctx.step})")
+                _stop_if_asked(dist, where)  # a training rank's SIGTERM / SIGINT: stop here, between steps
+                trainer.step(step_fn, to_device(host, dist.device), ctx, where, batch_frame_index(host))
+                if trainer.pending >= cfg.log_every or i == steps_per_epoch - 1:
+                    window = trainer.sync()  # the host's only look at the device; raises at a non-finite step
+                    if bar is not None:
+                        bar.update(window.steps, f"epoch {epoch + 1}/{cfg.epochs} loss {window.last_loss:.4f}")
+            last = trainer.means()
+            # training frames per second of the epoch's loop, all processes together (data, steps; not the hooks)
+            last["frames_per_s"] = len(sampler) * dist.world_size / max(time.perf_counter() - t_epoch, 1e-9)
+            last.update(epoch_state)
+            last["lr"] = float(trainer.sched.get_last_lr()[0])
+            if hooks is not None:
+                last.update(hooks.epoch_end(epoch, unwrap(ddp)))
+            if dist.world_size > 1:
+                tdist.barrier()
+            if dist.is_main:
+                snapshot = {"model": unwrap(ddp).state_dict(), "optimizer": trainer.opt.state_dict(),
+                            "scheduler": trainer.sched.state_dict(), "scaler": trainer.scaler.state_dict(), "epoch": epoch,
+                            "config": asdict(cfg), "run_key": run_key,
+                            "hooks": hooks.state_dict() if hooks is not None else None}
+                check_finite(snapshot, ckpt_path, f"after epoch {epoch + 1}/{cfg.epochs} the training diverged (weights or "
+                                                  "the epoch's probe statistics overflowed: lower the learning rate, check "
+                                                  "the data); not written, the previous checkpoint is kept")
+                save_atomic(snapshot, ckpt_path)
+                with _logs_written(out_dir):
+                    for k, v in last.items():
+                        live.log_metric(k, v)
+                    live.next_step()
+            epochs_run += 1
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                break
+        raise_if_stopped()  # a stop request during the last epoch's end: the run is interrupted, not finished
+    finally:
+        if bar is not None:  # cleared, also when the run stops: an error message starts its own line
+            bar.close()
     if live is not None:
         live.end()
     return last
+
+
+def _stop_if_asked(dist: DistInfo, where: str) -> None:
+    """:class:`Interrupted` with a log line when this training rank was asked to stop
+    (:func:`gpicture.workers.stop_at_steps`): before the step ``where``."""
+    signum = stop_requested()
+    if signum is not None:
+        log.warning("process %d of %d: stopped by %s before %s; the last finished epoch's checkpoint is kept",
+                    dist.rank, dist.world_size, signal.Signals(signum).name, where)
+        raise Interrupted(signum)
+
+
+@contextmanager
+def _logs_written(out_dir: Path) -> Iterator[None]:
+    """dvclive's writes: an OSError (a full disk) as one line naming the file (OutputError)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{exc.filename or out_dir / 'dvclive'}: cannot be written ({exc.strerror or exc})") from None
 
 
 class _Bar:

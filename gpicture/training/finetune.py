@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gpicture.atomic import OutputError, write_file_atomic
 from gpicture.data.spec import DatasetSpec
 from gpicture.data.store import VoxelStore
 from gpicture.models.student import Student
@@ -40,6 +41,7 @@ from gpicture.training.engine import (
     save_atomic,
     unwrap,
 )
+from gpicture.workers import raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def label_subset(n: int, fraction: float, seed: int) -> list[int]:
     the subsets of growing fractions are nested (the first k of one seeded permutation); another
     seed draws another subset (fraction 1: all items, whatever the seed)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"--label-fraction must be in (0, 1], got {fraction}")
+        raise ValueError(f"the label fraction must be in (0, 1], got {fraction}")
     k = max(1, round(fraction * n))
     return sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
 
@@ -205,7 +207,11 @@ def init_student(student: Student, init: Path | None, out_dir: Path, label_fract
     if write:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "init_report.json").write_text(json.dumps(summary, indent=1))
+        report_path = out_dir / "init_report.json"
+        try:
+            write_file_atomic(report_path, json.dumps(summary, indent=1))  # never a truncated report (a full disk)
+        except OSError as exc:
+            raise OutputError(f"{report_path}: cannot be written ({exc.strerror or exc})") from None
     return report
 
 
@@ -262,6 +268,7 @@ def finetune(task: FinetuneTask[ConfigT, HeadT, ModelT, Any, Any], settings: Con
                   settings=str(settings))
     metrics = fit(model, ds, task.collate, functools.partial(_step, task=task), run.train, out_dir, run.dist,
                   hooks=EpochHook(ds), progress=run.progress, run_key=key, resume=run.resume, frame_ids=src.frame_ids)
+    raise_if_stopped()  # SIGTERM / SIGINT after the last step: interrupted, so no final model
     if run.dist.is_main:
         save_atomic({"format": f"gpicture-{task.name}", "dataset": spec.name, "model_params": run.model_params,
                      "head": dataclasses.asdict(head), "state": unwrap(model).state_dict()}, out_dir / "model.pt")

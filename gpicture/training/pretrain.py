@@ -28,6 +28,7 @@ from gpicture.models.pretrain import (
     ReconstructionConfig,
 )
 from gpicture.models.student import Student, StudentConfig
+from gpicture.params import Section
 from gpicture.teacher.cache import TeacherStore
 from gpicture.training.engine import (
     DistInfo,
@@ -39,6 +40,7 @@ from gpicture.training.engine import (
 )
 from gpicture.training.finetune import label_subset
 from gpicture.training.pretrain_data import PretrainDataset, collate_pretrain
+from gpicture.workers import raise_if_stopped
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,16 @@ class MaskConfig:
     n_partition: tuple[int, ...] = (3, 3, 2)
     lambda_threshold: float = 0.6
     base_mask_ratio: tuple[float, ...] = (0.9, 0.45, 0.0)
+
+    @classmethod
+    def from_section(cls, m: Section) -> MaskConfig:
+        """From ``pretrain.mask`` (n_clusters, n_partition, lambda_threshold, base_ratio), each key
+        checked where it is read (absent keys: the defaults)."""
+        d = cls()
+        return cls(m.integer("n_clusters", 1, default=d.n_clusters),
+                   m.integers("n_partition", 1) if "n_partition" in m else d.n_partition,
+                   m.number("lambda_threshold", 0.0, 1.0, default=d.lambda_threshold),
+                   m.numbers("base_ratio", 0.0, 1.0, high_open=True) if "base_ratio" in m else d.base_mask_ratio)
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,7 @@ def run_pretrain(model_params: dict[str, Any], store: Path, teacher: Path, out_d
                   store=src.fingerprint, teacher=TeacherStore.open(teacher).settings)
     metrics = fit(model, data, collate, step, train, out_dir, dist, hooks=hooks, resume=resume,
                   stop_after_epochs=stop_after_epochs, progress=progress, run_key=key, frame_ids=src.frame_ids)
+    raise_if_stopped()  # SIGTERM / SIGINT after the last step: interrupted, so no final student
     if dist.is_main and (stop_after_epochs is None or _finished(out_dir, train.epochs)):
         save_student(model.student, model_params, attrs, out_dir / "student.pt", alpha=tuple(alpha))
     return metrics
