@@ -96,3 +96,48 @@ def test_a_full_tmpfs_names_the_path_and_leaves_nothing(raw, tmp_path) -> None:
             assert os.listdir(disk) == [], k
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False, capture_output=True, timeout=30)
+
+
+def test_enospc_in_the_teacher_cache_names_the_path_and_the_partial_work_resumes(raw, tmp_path, monkeypatch) -> None:
+    """A failed chunk write of the teacher store: one StoreError naming the store and the path,
+    and the frames done before stay in the partial folder, from which a second run resumes
+    to the same features as a run that never failed."""
+    import numpy as np
+    import zarr.storage._local as local
+
+    from gpicture.data.convert import ConvertConfig, convert
+    from gpicture.data.store import StoreError
+    from gpicture.data.voxelize import VoxelGrid
+    from gpicture.teacher import SealTeacher
+    from gpicture.teacher.cache import TeacherConfig, TeacherStore, build_teacher_store
+
+    src = tmp_path / "val.zarr"
+    convert(ConvertConfig("nuscenes", raw, "mini_val", VoxelGrid((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+                                                                 (0.4, 0.4, 0.4))), src)
+    cfg = TeacherConfig(input_scale=1 / 255, batch_frames=1)
+    teacher = SealTeacher.from_checkpoint(None)
+    build_teacher_store(src, tmp_path / "ref.zarr", teacher, cfg)
+    real_put = local._put
+    writes = {"features": 0}
+
+    def put(path: Path, value, exclusive: bool = False) -> int:  # noqa: ANN001
+        if ".t.zarr.partial/features/c/" in str(path):
+            writes["features"] += 1
+            if writes["features"] == 3:  # the third batch's features: frames 0 and 1 are done
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(local, "_put", put)
+    out = tmp_path / "t.zarr"
+    with pytest.raises(StoreError, match=rf"^{out}: cannot write the teacher store: No space left on device "
+                                         rf"\(writing {tmp_path}/\.t\.zarr\.partial\)"):
+        build_teacher_store(src, out, teacher, cfg)
+    assert not out.exists() and (tmp_path / ".t.zarr.partial").is_dir()
+    monkeypatch.setattr(local, "_put", real_put)
+    summary = build_teacher_store(src, out, teacher, cfg)
+    assert summary["resumed_from"] == 2
+    got, want = TeacherStore.open(out), TeacherStore.open(tmp_path / "ref.zarr")
+    for i in range(len(want)):  # the teacher's own run-to-run float16 steps (issue 30, elsewhere) aside
+        (f, valid), (f_ref, valid_ref) = got.frame(i), want.frame(i)
+        np.testing.assert_array_equal(valid, valid_ref)
+        np.testing.assert_allclose(f, f_ref, atol=2e-3, rtol=0)
