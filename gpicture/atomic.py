@@ -85,8 +85,14 @@ class OutputLock:
                                       f"{self.path}); wait for it to finish or stop it") from None
                 raise OutputError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
             if self._same_file(fd):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError as exc:  # a full disk: the lock we hold is ours to remove
+                    self.path.unlink(missing_ok=True)
+                    os.close(fd)
+                    raise OutputError(f"{self.out}: cannot write there ({exc.strerror or exc}, writing "
+                                      f"{self.path})") from None
                 self._fd = fd
                 return self
             os.close(fd)  # the holder released and removed it between our open and our lock: again

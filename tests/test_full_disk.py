@@ -73,6 +73,21 @@ def test_enospc_in_zarrs_writes_names_the_path_and_leaves_nothing(raw, tmp_path,
         _refused_and_clean(r, out)
 
 
+def test_a_disk_too_full_for_the_lock_file_names_it_and_leaves_nothing(raw, tmp_path, monkeypatch) -> None:
+    import gpicture.atomic as atomic
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "pwrite", pwrite)
+    out = tmp_path / "val.zarr"
+    r = _convert(raw, out)
+    assert r.exit_code == 2, r.output
+    assert f"{out}: cannot write there (No space left on device, writing {tmp_path}/.val.zarr.lock)" in " ".join(
+        r.output.split()), r.output
+    assert os.listdir(tmp_path) == []
+
+
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     try:
@@ -94,6 +109,15 @@ def test_a_full_tmpfs_names_the_path_and_leaves_nothing(raw, tmp_path) -> None:
             time.sleep(0.5)
             _refused_and_clean(r, out)
             assert os.listdir(disk) == [], k
+        (disk / "fill").write_bytes(b"")  # now a disk full before convert starts: even the lock cannot be written
+        with open(disk / "fill", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        r = _convert(raw, disk / "val.zarr")
+        assert r.exit_code == 2 and "No space left on device" in r.output, r.output
+        assert f"writing {disk}/.val.zarr.lock" in " ".join(r.output.split()), r.output
+        assert os.listdir(disk) == ["fill"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False, capture_output=True, timeout=30)
 
