@@ -11,6 +11,9 @@ are L2-normalised per voxel.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -19,6 +22,36 @@ from gpicture.compat import import_minkowski
 ME = import_minkowski()
 
 PLANES = (32, 64, 128, 256, 256, 128, 96, 96)
+DIMENSION = 3
+
+
+@contextmanager
+def deterministic_coordinates() -> Iterator[object]:
+    """A MinkowskiEngine coordinate manager whose kernel maps come out in the same order every run.
+
+    Why: MinkowskiEngine 0.5.4 builds a kernel map (for each kernel offset, the (input row,
+    output row) pairs) with OpenMP threads that append pairs under an atomic counter
+    (``CoordinateMapCPU::kernel_map``, ``#pragma omp atomic capture``), so with more than one
+    OpenMP thread the pairs' order differs from run to run. The convolution gathers the rows
+    in that order and multiplies them with one OpenBLAS ``sgemm``; on OpenBLAS' Haswell and
+    Zen kernels (every AVX2 CPU without AVX-512, AMD's included) a column's result depends
+    on its position in that product, so the same voxel got outputs one float32 ulp apart run
+    to run (half a million of 12.4 M values on 11 real nuScenes frames, about a hundred of
+    them one float16 step apart in the cache; SkylakeX kernels happen not to show it).
+    With one OpenMP thread the pairs come out in the hash map's order, the same every run,
+    whatever OpenBLAS kernel runs the products (those keep their own threads).
+
+    Use the manager for the input ``SparseTensor`` (``coordinate_manager=``) of a forward or
+    backward pass inside the block. Creating it sets the process's OpenMP thread count to 1
+    (MinkowskiEngine shares torch's OpenMP runtime, so torch's element-wise ops in the block
+    run on one thread too); the count torch had is restored when the block ends.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield ME.CoordinateManager(D=DIMENSION, num_threads=1)
+    finally:
+        torch.set_num_threads(threads)
+
 LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
 INIT_DIM = 32
 
@@ -28,11 +61,11 @@ def _bn(channels: int, momentum: float) -> nn.Module:
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Module:
-    return ME.MinkowskiConvolution(cin, cout, kernel_size=kernel, stride=stride, bias=bias, dimension=3)
+    return ME.MinkowskiConvolution(cin, cout, kernel_size=kernel, stride=stride, bias=bias, dimension=DIMENSION)
 
 
 def _up(cin: int, cout: int) -> nn.Module:
-    return ME.MinkowskiConvolutionTranspose(cin, cout, kernel_size=2, stride=2, bias=False, dimension=3)
+    return ME.MinkowskiConvolutionTranspose(cin, cout, kernel_size=2, stride=2, bias=False, dimension=DIMENSION)
 
 
 class BasicBlock(nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gpicture.teacher.checkpoint import check_layout, file_sha256, read_checkpoint
-from gpicture.teacher.res16unet import ME, Res16UNet34C
+from gpicture.teacher.res16unet import ME, Res16UNet34C, deterministic_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,12 @@ class SealTeacher:
             raise ValueError(f"encode: coords must be (N, 4) and feats (N, 1), got {tuple(c.shape)} and {tuple(f.shape)}")
         if len(c) == 0:
             return np.zeros((0, 64), np.float32)
-        x = ME.SparseTensor(f.to(self.device), coordinates=c.to(self.device),
-                            quantization_mode=ME.SparseTensorQuantizationMode.UNWEIGHTED_AVERAGE)
-        out = self.net(x)
-        # Back to the caller's rows: the sparse tensor may have reordered / merged them.
-        rows = out.features_at_coordinates(c.to(self.device).float())
+        # Kernel maps in the same order every run: the same input gives the same bytes (see
+        # deterministic_coordinates; the products keep OpenBLAS' threads).
+        with deterministic_coordinates() as manager:
+            x = ME.SparseTensor(f.to(self.device), coordinates=c.to(self.device), coordinate_manager=manager,
+                                quantization_mode=ME.SparseTensorQuantizationMode.UNWEIGHTED_AVERAGE)
+            out = self.net(x)
+            # Back to the caller's rows: the sparse tensor may have reordered / merged them.
+            rows = out.features_at_coordinates(c.to(self.device).float())
         return rows.cpu().numpy().astype(np.float32)
