@@ -119,9 +119,11 @@ class VoxelStore:
 
     def _whole(self, name: str) -> np.ndarray:
         """All rows of a (small, per-frame) array, through the checked reader."""
-        if not _has_array(self._g, name):
-            raise StoreError(f"{self.path}: array {name} is missing; {REMEDY}")
-        return np.asarray(self._reader(name)(0, self._g[name].shape[0]))
+        try:
+            arr = self._g[name]
+        except KeyError:
+            raise StoreError(f"{self.path}: array {name} is missing; {REMEDY}") from None
+        return np.asarray(RowReader(arr, ArrayPlace(self.path, name, REMEDY, self.recorded))(0, arr.shape[0]))
 
     def _decoder(self, f: Field) -> Callable[[int, int], Any] | None:
         """Rows [a, b) of field ``f`` as the frame types hold them; None when the store lacks it."""
