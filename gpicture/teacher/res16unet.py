@@ -33,16 +33,19 @@ def deterministic_coordinates() -> Iterator[object]:
     output row) pairs) with OpenMP threads that append pairs under an atomic counter
     (``CoordinateMapCPU::kernel_map``, ``#pragma omp atomic capture``), so with more than one
     OpenMP thread the pairs' order differs from run to run. The convolution gathers the rows
-    in that order and multiplies them with one OpenBLAS ``sgemm``; on OpenBLAS' Haswell and
-    Zen kernels (every AVX2 CPU without AVX-512, AMD's included) a column's result depends
-    on its position in that product, so the same voxel got outputs one float32 ulp apart run
-    to run (half a million of 12.4 M values on 11 real nuScenes frames, about a hundred of
-    them one float16 step apart in the cache; SkylakeX kernels happen not to show it).
-    With one OpenMP thread the pairs come out in the hash map's order, the same every run,
-    whatever OpenBLAS kernel runs the products (those keep their own threads).
+    in that order and multiplies them with one OpenBLAS ``sgemm``. In the forward pass, on
+    OpenBLAS' Haswell and Zen kernels (AVX2 CPUs without AVX-512, AMD's included), a column's
+    result depends on its position in that product, so the same voxel got outputs one float32
+    ulp apart run to run (``OPENBLAS_CORETYPE=Haswell``, 11 real nuScenes frames: 0.54 M of
+    12.4 M values, about 100 of them one float16 step apart in the cache; the SkylakeX kernels
+    happen not to). In the backward pass the rows are the weight gradient's summation axis, so
+    training the stand-in differed on every CPU (306 of 374 weight tensors after 3 steps, up
+    to 8e-4). With one OpenMP thread the pairs come out in the hash map's order, the same
+    every run, whatever OpenBLAS kernel runs the products (those keep their own threads);
+    it is also faster on 2 cores (OpenMP's spinning threads no longer compete with OpenBLAS').
 
-    Use the manager for the input ``SparseTensor`` (``coordinate_manager=``) of a forward or
-    backward pass inside the block. Creating it sets the process's OpenMP thread count to 1
+    Use the manager for the input ``SparseTensor`` (``coordinate_manager=``) and run the forward
+    pass inside the block (the backward reuses its kernel maps). Creating it sets the process's OpenMP thread count to 1
     (MinkowskiEngine shares torch's OpenMP runtime, so torch's element-wise ops in the block
     run on one thread too); the count torch had is restored when the block ends.
     """

@@ -208,6 +208,9 @@ def fit_standin(net: torch.nn.Module, frames: list[PoolFrame], n_classes: int, t
     ``progress(step, steps, loss)`` after each step. A non-finite loss stops with an error
     naming the step (a checkpoint is never written from such weights)."""
     me = import_minkowski()
+    # lazy, as MinkowskiEngine above
+    from gpicture.teacher.res16unet import deterministic_coordinates
+
     cfg.validate()
     tcfg.validate()
     if not frames:
@@ -226,8 +229,9 @@ def fit_standin(net: torch.nn.Module, frames: list[PoolFrame], n_classes: int, t
         coords, feats, pv, keys, cls = _step_batch(frames, picks, rng, tcfg, cfg)
         uniq, first, seg = np.unique(keys, return_index=True, return_inverse=True)
         c = torch.from_numpy(coords)
-        x = me.SparseTensor(torch.from_numpy(feats), coordinates=c)
-        out = net(x).features_at_coordinates(c.float())  # rows in input order
+        with deterministic_coordinates() as manager:  # kernel maps in one order every run (the backward reuses them)
+            x = me.SparseTensor(torch.from_numpy(feats), coordinates=c, coordinate_manager=manager)
+            out = net(x).features_at_coordinates(c.float())  # rows in input order
         tgt = segment_targets(uniq, cls[first], targets, cfg.perturbation)
         pf = out[torch.from_numpy(pv)]
         seg_t = torch.from_numpy(seg.ravel())
