@@ -43,6 +43,7 @@ from gpicture.data.taxonomy import (
     NUSCENES_CATEGORIES,
     NUSCENES_VISIBILITY,
 )
+from gpicture.synth import portable as pm
 from gpicture.synth.records import NuscenesScene, NuscenesSweep
 from gpicture.synth.taxonomy import OBJECT_CLASSES
 
@@ -144,9 +145,9 @@ def _floats(values) -> list[float]:
 def _quat_from_matrix(matrix: np.ndarray) -> list[float]:
     """Unit quaternion [w, x, y, z] (w >= 0) of the rotation part of a 3x3 / 4x4 matrix."""
     r = np.asarray(matrix, dtype=np.float64)[:3, :3]
-    u, _, vt = np.linalg.svd(r)  # nearest rotation, tolerant to accumulated float error
-    r = u @ vt
-    if np.linalg.det(r) < 0:
+    # Shepperd's method on the largest diagonal term tolerates the accumulated float error of a
+    # product of rotations; no SVD: LAPACK's result depends on the BLAS kernel (gpicture.synth.portable)
+    if pm.det3(r) < 0:
         raise ValueError("pose rotation is not a proper rotation (det < 0)")
     tr = r[0, 0] + r[1, 1] + r[2, 2]
     if tr > 0:
@@ -162,14 +163,15 @@ def _quat_from_matrix(matrix: np.ndarray) -> list[float]:
         s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
         q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
     qa = np.asarray(q)
-    qa /= np.linalg.norm(qa)
+    qa /= pm.norm(qa)
     if qa[0] < 0:
         qa = -qa
     return _floats(qa)
 
 
 def _yaw_quat(yaw: float) -> list[float]:
-    return [math.cos(yaw / 2.0), 0.0, 0.0, math.sin(yaw / 2.0)]
+    s, c = pm.sincos(yaw / 2.0)
+    return [float(c), 0.0, 0.0, float(s)]
 
 
 def _png_gray(width: int, height: int) -> bytes:

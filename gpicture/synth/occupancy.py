@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpicture.synth import portable as pm
 from gpicture.synth.raycast import Boxes
 from gpicture.synth.taxonomy import KIND_TO_LIDARSEG16
 
@@ -73,7 +74,8 @@ def _face_samples(boxes: Boxes, spacing: float, z_range: tuple[float, float]) ->
     local[rows, a] = signs[fi] * hb[rows, a]
     local[rows, ua] = -hb[rows, ua] + 2 * hb[rows, ua] * iu / np.maximum(nu_r - 1, 1)
     local[rows, va] = -hb[rows, va] + 2 * hb[rows, va] * iv / np.maximum(nv_r - 1, 1)
-    c, s = np.cos(boxes.yaw[fb]), np.sin(boxes.yaw[fb])
+    box_sin, box_cos = pm.sincos(boxes.yaw)
+    c, s = box_cos[fb], box_sin[fb]
     world = boxes.center[fb] + np.column_stack(
         [local[:, 0] * c - local[:, 1] * s, local[:, 0] * s + local[:, 1] * c, local[:, 2]]
     )
@@ -90,17 +92,17 @@ def occupancy(
     grid: OccupancyGrid = OccupancyGrid(),
 ) -> np.ndarray:
     """Occupied voxels as (M, 4) int64 rows (z, y, x, label) in the LiDAR frame grid."""
-    sensor_from_world = np.linalg.inv(world_from_sensor)
+    sensor_from_world = pm.rigid_inverse(world_from_sensor)
     nx, ny, nz = grid.shape_xyz
     lo = np.asarray(grid.lo)
-    radius = np.hypot(grid.hi[0] - grid.lo[0], grid.hi[1] - grid.lo[1]) / 2
-    near = np.linalg.norm(boxes.center[:, :2] - world_from_sensor[:2, 3], axis=1) - np.linalg.norm(boxes.half[:, :2], axis=1) < radius
+    radius = pm.hypot(grid.hi[0] - grid.lo[0], grid.hi[1] - grid.lo[1]) / 2
+    near = pm.norm(boxes.center[:, :2] - world_from_sensor[:2, 3], axis=1) - pm.norm(boxes.half[:, :2], axis=1) < radius
     idx = np.nonzero(near)[0]
     sub = Boxes(boxes.center[idx], boxes.half[idx], boxes.yaw[idx])
     # World heights the grid can reach (the sensor may pitch a little: keep a margin).
     corners = np.array([[x, y, z, 1.0] for x in (grid.lo[0], grid.hi[0]) for y in (grid.lo[1], grid.hi[1])
                         for z in (grid.lo[2], grid.hi[2])])
-    zw = (world_from_sensor @ corners.T)[2]
+    zw = pm.matmul(world_from_sensor, corners.T)[2]
     pts, owner = _face_samples(sub, grid.voxel * 0.7, (float(zw.min()) - 0.2, float(zw.max()) + 0.2))
     labels = [KIND_TO_LIDARSEG16[box_kind[idx[owner]]].astype(np.int64)]
     prio = [box_priority[idx[owner]]]
@@ -110,7 +112,7 @@ def occupancy(
     gx, gy = np.meshgrid(np.arange(grid.lo[0], grid.hi[0], step) + step / 2,
                          np.arange(grid.lo[1], grid.hi[1], step) + step / 2, indexing="ij")
     g_sensor = np.column_stack([gx.ravel(), gy.ravel(), np.zeros(gx.size), np.ones(gx.size)])
-    g_world = (world_from_sensor @ g_sensor.T).T[:, :3]
+    g_world = pm.matmul(world_from_sensor, g_sensor.T).T[:, :3]
     g_world[:, 2] = ground_height_fn(g_world[:, 0], g_world[:, 1])
     cloud.append(g_world)
     labels.append(KIND_TO_LIDARSEG16[ground_kind_fn(g_world[:, 0], g_world[:, 1])].astype(np.int64))
@@ -120,7 +122,7 @@ def occupancy(
     pts = np.concatenate(cloud)
     lab = np.concatenate(labels)
     pri = np.concatenate(prio)
-    p = pts @ sensor_from_world[:3, :3].T + sensor_from_world[:3, 3]
+    p = pm.apply(pts, sensor_from_world[:3, :3], sensor_from_world[:3, 3])
     v = np.floor((p - lo) / grid.voxel).astype(np.int64)
     ok = (v >= 0).all(1) & (v[:, 0] < nx) & (v[:, 1] < ny) & (v[:, 2] < nz) & (lab > 0)
     v, lab, pri = v[ok], lab[ok], pri[ok]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpicture.synth import portable as pm
+
 TWO_PI = 2.0 * np.pi
 
 
@@ -50,7 +52,7 @@ def _angular_bins(
     m = len(boxes)
     if m == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    c, s = np.cos(boxes.yaw), np.sin(boxes.yaw)
+    s, c = pm.sincos(boxes.yaw)
     hx = boxes.half[:, 0] + slack
     hy = boxes.half[:, 1] + slack
     # Footprint corners (M, 4, 2) relative to the casting centre.
@@ -62,13 +64,13 @@ def _angular_bins(
     rel = boxes.center[:, :2] - centre[:2]
     lx = np.abs(rel[:, 0] * c + rel[:, 1] * s)
     ly = np.abs(-rel[:, 0] * s + rel[:, 1] * c)
-    dmin = np.hypot(np.maximum(lx - hx, 0.0), np.maximum(ly - hy, 0.0))
+    dmin = pm.hypot(np.maximum(lx - hx, 0.0), np.maximum(ly - hy, 0.0))
     dmax = np.sqrt(cx**2 + cy**2).max(1)
     inside = dmin <= 0.0
     keep = dmin <= max_range + slack
     # Azimuth span: relative to the centre azimuth of the box (spans < pi when outside).
-    az_c = np.arctan2(rel[:, 1], rel[:, 0])
-    d = np.arctan2(cy, cx) - az_c[:, None]
+    az_c = pm.arctan2(rel[:, 1], rel[:, 0])
+    d = pm.arctan2(cy, cx) - az_c[:, None]
     d = (d + np.pi) % TWO_PI - np.pi
     a_lo = np.where(inside, -np.pi, az_c + d.min(1))
     a_hi = np.where(inside, np.pi, az_c + d.max(1))
@@ -79,8 +81,8 @@ def _angular_bins(
     zb = boxes.center[:, 2] - boxes.half[:, 2] - centre[2] - slack
     zt = boxes.center[:, 2] + boxes.half[:, 2] - centre[2] + slack
     dn = np.maximum(dmin, 1e-6)
-    e_lo = np.arctan2(zb, np.where(zb < 0, dn, dmax))
-    e_hi = np.arctan2(zt, np.where(zt > 0, dn, dmax))
+    e_lo = pm.arctan2(zb, np.where(zb < 0, dn, dmax))
+    e_hi = pm.arctan2(zt, np.where(zt > 0, dn, dmax))
     e_lo = np.where(inside & (zb < 0), -np.pi / 2, e_lo)
     e_hi = np.where(inside & (zt > 0), np.pi / 2, e_hi)
     n_el = len(el_edges) - 1
@@ -128,8 +130,8 @@ def cast(
     tg = np.where((tg > 0) & (tg <= max_range), tg, np.inf)
 
     # Ray bins.
-    az = np.arctan2(dirs[:, 1], dirs[:, 0])
-    el = np.arcsin(np.clip(dz, -1.0, 1.0))
+    az = pm.arctan2(dirs[:, 1], dirs[:, 0])
+    el = pm.arcsin(np.clip(dz, -1.0, 1.0))
     el_edges = np.linspace(el.min() - 1e-6, el.max() + 1e-6, n_el + 1) if r else np.array([0.0, 1.0])
     ray_az = np.clip(np.floor((az + np.pi) / TWO_PI * n_az).astype(np.int64), 0, n_az - 1)
     ray_el = np.clip(np.searchsorted(el_edges, el, side="right") - 1, 0, n_el - 1)
@@ -157,7 +159,8 @@ def cast(
     pb = box_id[np.repeat(bin_ptr[ray_bin], counts) + np.arange(total) - np.repeat(starts, counts)]
 
     # Slab test in each box's frame.
-    c, s = np.cos(boxes.yaw[pb]), np.sin(boxes.yaw[pb])
+    box_sin, box_cos = pm.sincos(boxes.yaw)  # once per box, not per pair
+    c, s = box_cos[pb], box_sin[pb]
     o = origins[pr] - boxes.center[pb]
     d = dirs[pr]
     lo = np.stack([o[:, 0] * c + o[:, 1] * s, -o[:, 0] * s + o[:, 1] * c, o[:, 2]], 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpicture.synth import portable as pm
 from gpicture.synth.raycast import Boxes, Hits, cast
 from gpicture.synth.streets import CURB_H
 from gpicture.synth.taxonomy import (
@@ -27,7 +28,7 @@ SPECKLE_SIGMA = 0.5  # log-normal spread of the intensity of one surface (see _r
 
 
 def rot_z(yaw: float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
+    s, c = (float(v) for v in pm.sincos(yaw))
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -119,12 +120,13 @@ def scan(
     """
     h, w = len(spec.inclinations), len(azimuths)
     incl = spec.inclinations[::-1]  # row 0 = highest beam, as in range images
-    ci, si = np.cos(incl)[:, None], np.sin(incl)[:, None]
-    d_s = np.stack(np.broadcast_arrays(ci * np.cos(azimuths), ci * np.sin(azimuths), si), -1).reshape(-1, 3)
+    si, ci = (v[:, None] for v in pm.sincos(incl))
+    sa, ca = pm.sincos(azimuths)
+    d_s = np.stack(np.broadcast_arrays(ci * ca, ci * sa, si), -1).reshape(-1, 3)
     poses = np.broadcast_to(world_from_sensor_cols, (w, 4, 4)) if world_from_sensor_cols.ndim == 2 else world_from_sensor_cols
     rot = np.broadcast_to(poses[None, :, :3, :3], (h, w, 3, 3)).reshape(-1, 3, 3)
     org = np.broadcast_to(poses[None, :, :3, 3], (h, w, 3)).reshape(-1, 3)
-    dirs = np.einsum("rij,rj->ri", rot, d_s)
+    dirs = pm.matmul(rot, d_s[:, :, None])[:, :, 0]
     in_fov = np.broadcast_to(np.abs((azimuths + np.pi) % (2 * np.pi) - np.pi) <= spec.half_fov, (h, w)).ravel()
     boxes, kind, side_kind, owner = scene.boxes(t)
     org_c = org if world_from_sensor_cols.ndim == 3 else poses[0, :3, 3]
@@ -177,7 +179,7 @@ def _returns(scene, spec, t, box, cos, side, org, dirs, kind, side_kind, owner, 
     rng_noisy = np.where(valid, tt + noise, 0.0).astype(np.float32)
     world = (org if org.ndim == 2 else org[None, :]) + dirs * rng_noisy[:, None].astype(np.float64)
     # Points on the ego's own body (short-range lidars looking down) are not returns.
-    local = (world - ego_pose[:3, 3]) @ ego_pose[:3, :3]
+    local = pm.matmul(world - ego_pose[:3, 3], ego_pose[:3, :3])
     on_ego = (local[:, 0] > -1.2) & (local[:, 0] < 4.3) & (np.abs(local[:, 1]) < 1.1) & (local[:, 2] < 2.0)
     valid &= ~on_ego
     bi = np.maximum(box, 0)
@@ -194,8 +196,8 @@ def _returns(scene, spec, t, box, cos, side, org, dirs, kind, side_kind, owner, 
     # Real returns of one surface spread widely (paint, dirt, wetness, beam): log-normal with median 1,
     # sigma 0.5 gives the real per-class ratio p90 / median of about 1.8 (nuScenes, README "Real data").
     speckle = np.ones(r)
-    speckle[valid] = rng.lognormal(0.0, SPECKLE_SIGMA, int(valid.sum()))
-    factor = np.clip(refl * (0.35 + 0.65 * np.abs(cos)) * np.exp(-tt / 150.0) * speckle, 0.0, 1.0)
+    speckle[valid] = pm.exp(rng.normal(0.0, SPECKLE_SIGMA, int(valid.sum())))  # = rng.lognormal's draws, exp here
+    factor = np.clip(refl * (0.35 + 0.65 * np.abs(cos)) * pm.exp(-tt / 150.0) * speckle, 0.0, 1.0)
     return Returns(valid, rng_noisy, np.where(valid, factor, 0.0), np.abs(cos), k, inst.astype(np.int64), world)
 
 
@@ -225,7 +227,7 @@ def points_in_boxes(points: np.ndarray, center: np.ndarray, size: np.ndarray, ya
     k = len(center)
     if k == 0 or len(points) == 0:
         return np.zeros(k, np.int64)
-    radius = np.linalg.norm(size[:, :2], axis=1) / 2
+    radius = pm.norm(size[:, :2], axis=1) / 2
     lo = np.floor((center[:, :2] - radius[:, None]) / cell).astype(np.int64)
     hi = np.floor((center[:, :2] + radius[:, None]) / cell).astype(np.int64)
     origin = lo.min(0)
@@ -249,7 +251,8 @@ def points_in_boxes(points: np.ndarray, center: np.ndarray, size: np.ndarray, ya
     pi = np.repeat(pidx, counts)
     bi = box_of[np.repeat(ptr[pcell], counts) + np.arange(counts.sum()) - np.repeat(starts, counts)]
     rel = points[pi] - center[bi]
-    c, s = np.cos(yaw[bi]), np.sin(yaw[bi])
+    box_sin, box_cos = pm.sincos(yaw)
+    c, s = box_cos[bi], box_sin[bi]
     lx = rel[:, 0] * c + rel[:, 1] * s
     ly = -rel[:, 0] * s + rel[:, 1] * c
     inside = (np.abs(lx) <= size[bi, 0] / 2) & (np.abs(ly) <= size[bi, 1] / 2) & (np.abs(rel[:, 2]) <= size[bi, 2] / 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpicture.data.taxonomy import WAYMO_TYPE_CYCLIST
-from gpicture.data.waymo.range_image import pose_matrices
+from gpicture.synth import portable as pm
 from gpicture.synth.config import SynthConfig
 from gpicture.synth.nuscenes_writer import LOCATIONS
 from gpicture.synth.occupancy import occupancy
@@ -48,7 +48,7 @@ def _visibility_token(visible: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 def _objects_near(scene: Scene, t: float, centre_xy: np.ndarray, radius: float) -> tuple[ObjectStates, np.ndarray]:
     obj = scene.objects(t)
-    near = np.linalg.norm(obj.center[:, :2] - centre_xy, axis=1) <= radius
+    near = pm.norm(obj.center[:, :2] - centre_xy, axis=1) <= radius
     idx = np.nonzero(near)[0]
     sub = ObjectStates(**{f: getattr(obj, f)[idx] for f in obj.__dataclass_fields__})
     return sub, idx
@@ -78,13 +78,13 @@ def simulate_nuscenes_scene(name: str, seed: int, cfg: SynthConfig, base_time_us
         if keyframes_only and not key:
             continue
         ego = scene.ego_pose(t)
-        world_from_sensor = ego @ spec.ego_from_sensor
+        world_from_sensor = pm.matmul(ego, spec.ego_from_sensor)
         az = np.linspace(-np.pi, np.pi, spec.columns, endpoint=False) + rng.uniform(0, 2 * np.pi / spec.columns)
         sc = scan(scene, spec, t, world_from_sensor, az, rng, ego)
         r = sc.first
         v = r.valid
-        sensor_from_world = np.linalg.inv(world_from_sensor)
-        p = r.world[v] @ sensor_from_world[:3, :3].T + sensor_from_world[:3, 3]
+        sensor_from_world = pm.rigid_inverse(world_from_sensor)
+        p = pm.apply(r.world[v], sensor_from_world[:3, :3], sensor_from_world[:3, 3])
         ring = np.broadcast_to(ring_of_row[:, None], (len(spec.inclinations), spec.columns)).ravel()[v]
         intensity = np.round(255.0 * r.intensity_factor[v])
         points = np.column_stack([p, intensity, ring]).astype(np.float32)
@@ -115,34 +115,49 @@ def simulate_nuscenes_scene(name: str, seed: int, cfg: SynthConfig, base_time_us
 def _pose6(pose: np.ndarray) -> np.ndarray:
     """(…, 4, 4) world_from_vehicle -> (…, 6) roll, pitch, yaw, x, y, z (R = Rz Ry Rx)."""
     r = pose[..., :3, :3]
-    pitch = np.arcsin(-np.clip(r[..., 2, 0], -1, 1))
-    roll = np.arctan2(r[..., 2, 1], r[..., 2, 2])
-    yaw = np.arctan2(r[..., 1, 0], r[..., 0, 0])
+    pitch = pm.arcsin(-np.clip(r[..., 2, 0], -1, 1))
+    roll = pm.arctan2(r[..., 2, 1], r[..., 2, 2])
+    yaw = pm.arctan2(r[..., 1, 0], r[..., 0, 0])
     return np.stack([roll, pitch, yaw, pose[..., 0, 3], pose[..., 1, 3], pose[..., 2, 3]], -1)
+
+
+def _pose_matrices(pose6: np.ndarray) -> np.ndarray:
+    """(…, 6) roll, pitch, yaw (rad), x, y, z (m) -> (…, 4, 4) world_from_vehicle, rotation
+    Rz(yaw) Ry(pitch) Rx(roll): the reader's ``pose_matrices``, with the portable sin / cos."""
+    sr, cr = pm.sincos(pose6[..., 0])
+    sp, cp = pm.sincos(pose6[..., 1])
+    sy, cy = pm.sincos(pose6[..., 2])
+    out = np.zeros(pose6.shape[:-1] + (4, 4))
+    out[..., 0, 0], out[..., 0, 1], out[..., 0, 2] = cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr
+    out[..., 1, 0], out[..., 1, 1], out[..., 1, 2] = sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr
+    out[..., 2, 0], out[..., 2, 1], out[..., 2, 2] = -sp, cp * sr, cp * cr
+    out[..., :3, 3] = pose6[..., 3:6]
+    out[..., 3, 3] = 1.0
+    return out
 
 
 def simulate_waymo_frame(scene: Scene, context: str, t: float, time_us: int, labelled: bool,
                          rng: np.random.Generator) -> WaymoFrame:
     """Simulate one Waymo frame: five lidars, two returns each, labels."""
     frame_pose = scene.ego_pose(t)
-    vehicle_from_world = np.linalg.inv(frame_pose)
+    vehicle_from_world = pm.rigid_inverse(frame_pose)
     lasers: list[WaymoLaser] = []
     first_world: list[np.ndarray] = []
     vis = tot = None
     for spec in waymo_lidars():
         h, w = len(spec.inclinations), spec.columns
         ext = spec.ego_from_sensor
-        az_corr = np.arctan2(ext[1, 0], ext[0, 0])
+        az_corr = float(pm.arctan2(ext[1, 0], ext[0, 0]))
         az = ((np.arange(w, 0, -1) - 0.5) / w * 2.0 - 1.0) * np.pi - az_corr
         is_top = spec.name == "TOP"
         half_step = (spec.inclinations[-1] - spec.inclinations[0]) / (h - 1) / 2
         if is_top:  # rolling shutter: one vehicle pose per column, stored (float32) as the pixel pose
             col_t = t + (np.arange(w) / w - 0.5) * WAYMO_FRAME_DT
             pose6 = _pose6(scene.ego_pose(col_t)).astype(np.float32)
-            poses = pose_matrices(pose6.astype(np.float64)) @ ext
+            poses = pm.matmul(_pose_matrices(pose6.astype(np.float64)), ext)
             pixel_pose = np.broadcast_to(pose6[None], (h, w, 6)).copy()
         else:
-            poses, pixel_pose = frame_pose @ ext, None
+            poses, pixel_pose = pm.matmul(frame_pose, ext), None
         sc = scan(scene, spec, t, poses, az, rng, frame_pose)
         if is_top:
             vis, tot = sc.owner_visible, sc.owner_total
@@ -161,7 +176,7 @@ def simulate_waymo_frame(scene: Scene, context: str, t: float, time_us: int, lab
                 seg[:, 1] = waymo_labels(r.kind, r.valid)
                 seg = seg.reshape(h, w, 2)
             rets.append(WaymoReturn(range_image=img.reshape(h, w, 4), segmentation=seg))
-            pv = r.world[r.valid] @ vehicle_from_world[:3, :3].T + vehicle_from_world[:3, 3]
+            pv = pm.apply(r.world[r.valid], vehicle_from_world[:3, :3], vehicle_from_world[:3, 3])
             pts.append(pv.astype(np.float32))
             if k == 0:
                 first_world.append(r.world[r.valid])
@@ -176,7 +191,7 @@ def simulate_waymo_frame(scene: Scene, context: str, t: float, time_us: int, lab
     objects, idx = _objects_near(scene, t, frame_pose[:2, 3], 80.0)
     # Counted in the boxes as Waymo states them: 7-DOF, upright in the vehicle frame.
     v_center, v_heading, _ = vehicle_frame_boxes(objects, frame_pose)
-    pts_v = np.concatenate(first_world) @ vehicle_from_world[:3, :3].T + vehicle_from_world[:3, 3]
+    pts_v = pm.apply(np.concatenate(first_world), vehicle_from_world[:3, :3], vehicle_from_world[:3, 3])
     objects.num_points = points_in_boxes(pts_v, v_center, objects.size, v_heading)
     objects.visibility = _visibility_token(vis[idx], tot[idx])
     wtype = np.array([OBJECT_CLASSES[scene.agents.cls[i]].waymo_type for i in idx], dtype=np.int64)

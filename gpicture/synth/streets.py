@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpicture.synth import portable as pm
 from gpicture.synth.raycast import Boxes
 from gpicture.synth.taxonomy import KIND_INDEX
 
@@ -136,7 +137,7 @@ def polyline(points: list[tuple[float, float]], step: float = 0.5) -> np.ndarray
     pts = np.asarray(points, dtype=np.float64)
     out = [pts[:1]]
     for p0, p1 in itertools.pairwise(pts):
-        n = max(int(np.ceil(np.linalg.norm(p1 - p0) / step)), 1)
+        n = max(int(np.ceil(pm.norm(p1 - p0) / step)), 1)
         f = np.arange(1, n + 1)[:, None] / n
         out.append(p0 + f * (p1 - p0))
     return np.concatenate(out)
@@ -145,15 +146,15 @@ def polyline(points: list[tuple[float, float]], step: float = 0.5) -> np.ndarray
 def turn_path(start: tuple[float, float], heading: float, turn: int, radius: float, before: float, after: float) -> np.ndarray:
     """Straight, quarter-circle turn (turn = +1 left, -1 right, 0 straight), straight."""
     p = np.asarray(start, dtype=np.float64)
-    d = np.array([np.cos(heading), np.sin(heading)])
+    d = np.array([pm.cos(heading), pm.sin(heading)])
     a = p + d * before
     pts = [tuple(p), tuple(a)]
     if turn != 0:
         n = np.array([-d[1], d[0]]) * turn
         centre = a + n * radius
-        ang0 = np.arctan2(a[1] - centre[1], a[0] - centre[0])
+        ang0 = pm.arctan2(a[1] - centre[1], a[0] - centre[0])
         angs = ang0 + turn * np.linspace(0, np.pi / 2, 12)[1:]
-        pts += [tuple(centre + radius * np.array([np.cos(q), np.sin(q)])) for q in angs]
-        d = np.array([np.cos(heading + turn * np.pi / 2), np.sin(heading + turn * np.pi / 2)])
+        pts += [tuple(centre + radius * np.array([pm.cos(q), pm.sin(q)])) for q in angs]
+        d = np.array([pm.cos(heading + turn * np.pi / 2), pm.sin(heading + turn * np.pi / 2)])
     pts.append(tuple(np.asarray(pts[-1]) + d * after))
     return polyline(pts)

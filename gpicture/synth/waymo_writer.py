@@ -25,6 +25,7 @@ from gpicture.data.waymo.matrix_codec import (
     encode_zeros_int32,
 )
 from gpicture.data.waymo.tfrecord import write_records
+from gpicture.synth import portable as pm
 from gpicture.synth.records import ObjectStates, WaymoFrame, WaymoLaser, WaymoReturn
 
 TIME_OF_DAY = "Day"
@@ -88,11 +89,12 @@ def vehicle_frame_boxes(objects: ObjectStates, world_from_vehicle: np.ndarray) -
     pose = np.asarray(world_from_vehicle, dtype=np.float64)
     rotation = pose[:3, :3]
     # vehicle = R^T (world - t)
-    center = (np.asarray(objects.center, dtype=np.float64) - pose[:3, 3]) @ rotation
-    velocity = np.asarray(objects.velocity, dtype=np.float64) @ rotation
+    center = pm.matmul(np.asarray(objects.center, dtype=np.float64) - pose[:3, 3], rotation)
+    velocity = pm.matmul(np.asarray(objects.velocity, dtype=np.float64), rotation)
     yaw = np.asarray(objects.yaw, dtype=np.float64)
-    direction = np.stack([np.cos(yaw), np.sin(yaw), np.zeros_like(yaw)], axis=-1) @ rotation
-    heading = np.arctan2(direction[:, 1], direction[:, 0])
+    sin, cos = pm.sincos(yaw)
+    direction = pm.matmul(np.stack([cos, sin, np.zeros_like(yaw)], axis=-1), rotation)
+    heading = pm.arctan2(direction[:, 1], direction[:, 0])
     return center, heading, velocity
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpicture.synth import portable as pm
 from gpicture.synth.raycast import Boxes
 from gpicture.synth.records import ObjectStates
 from gpicture.synth.streets import (
@@ -67,11 +68,11 @@ class Scene:
         t = np.asarray(t, dtype=np.float64)
         x = self.ego_x0 + self.ego_speed * t
         # A gentle lateral sway and pitch make the poses non-trivial but plausible.
-        y = self.ego_lane_y + 0.15 * np.sin(0.3 * t)
-        yaw = 0.045 * np.cos(0.3 * t)
-        pitch = 0.004 * np.sin(1.3 * t)
+        y = self.ego_lane_y + 0.15 * pm.sin(0.3 * t)
+        yaw = 0.045 * pm.cos(0.3 * t)
+        pitch = 0.004 * pm.sin(1.3 * t)
         pose = np.zeros(t.shape + (4, 4))
-        cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+        (sy, cy), (sp, cp) = pm.sincos(yaw), pm.sincos(pitch)
         pose[..., 0, 0], pose[..., 0, 1], pose[..., 0, 2] = cy * cp, -sy, cy * sp
         pose[..., 1, 0], pose[..., 1, 1], pose[..., 1, 2] = sy * cp, cy, sy * sp
         pose[..., 2, 0], pose[..., 2, 1], pose[..., 2, 2] = -sp, 0.0, cp
@@ -97,7 +98,7 @@ class Scene:
         f = ((s - a.path_s[j]) / seg)[:, None]
         xy = p0 + f * (p1 - p0)
         tangent = (p1 - p0) / seg[:, None]
-        yaw = np.arctan2(tangent[:, 1], tangent[:, 0])
+        yaw = pm.arctan2(tangent[:, 1], tangent[:, 0])
         moving = (a.speed > 0) & (s < length - 1e-3)
         vel = np.zeros((n, 3))
         vel[:, :2] = tangent * np.where(moving, a.speed, 0.0)[:, None]
@@ -117,7 +118,7 @@ class Scene:
         centre, yaw, vel = self.agent_poses(t)
         names = np.array([OBJECT_CLASSES[c].name for c in a.cls], dtype=object)
         attr = np.empty(len(a), dtype=object)
-        moving = np.linalg.norm(vel, axis=1) > 0.2
+        moving = pm.norm(vel, axis=1) > 0.2
         vehicle = np.isin(names, ["car", "truck", "bus", "trailer", "construction_vehicle"])
         cycle = np.isin(names, ["motorcycle", "bicycle"])
         ped = names == "pedestrian"
@@ -144,7 +145,7 @@ class Scene:
         a = self.agents
         centre, yaw, _ = self.agent_poses(t)
         o = a.part_owner
-        c, s = np.cos(yaw[o]), np.sin(yaw[o])
+        s, c = pm.sincos(yaw[o])
         pc = a.part_center
         world_c = centre[o] + np.column_stack([pc[:, 0] * c - pc[:, 1] * s, pc[:, 0] * s + pc[:, 1] * c, pc[:, 2]])
         w = self.world
@@ -239,7 +240,7 @@ def make_scene(seed: int, duration: float, ego_speed: float | None = None, densi
             x0 = rng.uniform(x_min, x_max)
             turn = int(rng.choice([0, 0, 0, 1, -1]))
             start = (x0, lane_y)
-            before = (cross_x - x0) * np.cos(heading) - (ROAD_HALF + 2 if turn else 0)
+            before = (cross_x - x0) * float(pm.cos(heading)) - (ROAD_HALF + 2 if turn else 0)
             if turn and before <= 0:
                 turn, before = 0, 0.0
             turn_r = (ROAD_HALF + 2 + abs(lane_y)) if turn == 1 else (ROAD_HALF + 2 - abs(lane_y))
@@ -259,7 +260,7 @@ def make_scene(seed: int, duration: float, ego_speed: float | None = None, densi
                 continue
             cls_name = "car" if rng.random() < 0.85 else "truck"
             y = sgn * (ROAD_HALF - 1.15)
-            add(cls_name, polyline([(x, y), (x + np.cos(heading), y)]), 0.0)
+            add(cls_name, polyline([(x, y), (x + float(pm.cos(heading)), y)]), 0.0)
         n = rng.poisson(2 * dens)
         for x in rng.uniform(x_min, x_max, n):
             if abs(x - cross_x) < SIDEWALK_OUT + 2:
@@ -315,7 +316,7 @@ def make_scene(seed: int, duration: float, ego_speed: float | None = None, densi
                                            for lst in (classes, paths, speeds, s0s, riders))
     for cls_name, dx, y, heading in showcase:
         x = ego_x0 + dx
-        add(cls_name, polyline([(x, y), (x + np.cos(heading), y + np.sin(heading))]), 0.0)
+        add(cls_name, polyline([(x, y), (x + float(pm.cos(heading)), y + float(pm.sin(heading)))]), 0.0)
 
     sizes = np.array([_draw_size(rng, c) for c in classes]).reshape(-1, 3)
     a_parts: list[tuple[int, tuple, tuple, str]] = []
@@ -327,7 +328,7 @@ def make_scene(seed: int, duration: float, ego_speed: float | None = None, densi
             a_parts.append((i, centre, half, kind))
     ptr = np.concatenate([[0], np.cumsum([len(p) for p in paths])]).astype(np.int64)
     path_xy = np.concatenate(paths) if paths else np.zeros((0, 2))
-    seg = [np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))]) for p in paths]
+    seg = [np.concatenate([[0.0], np.cumsum(pm.norm(np.diff(p, axis=0), axis=1))]) for p in paths]
     path_s = np.concatenate(seg) if seg else np.zeros(0)
     agents = Agents(
         instance_id=np.arange(len(classes), dtype=np.int64) + 1,
