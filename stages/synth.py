@@ -45,25 +45,25 @@ def synth(
 ) -> None:
     """Generate procedural driving scenes with exact labels, in the real dataset format."""
     err = Console(stderr=True)
-    try:
+    try:  # params values checked here, naming their key; the options' values by SynthConfig, naming the option
         top = Section.load(params, "synth")
         sec = Section.load(params, "synth", dataset.value)
         pool = Section.load(params, "synth", "pretrain", dataset.value) if pretrain else None
         labelled = SynthConfig(
             scenes=sec.integer("scenes", 1),
-            frames=sec.integer("frames", 1, override=frames, option="--frames"),
-            seed=top.integer("seed", 0, default=0, override=seed, option="--seed"),
+            frames=frames if frames is not None else sec.integer("frames", 1),
+            seed=seed if seed is not None else top.integer("seed", 0, default=0),
             val_fraction=sec.number("val_fraction", 0.0, 1.0, high_open=True, default=0.25),
-            density=sec.positive("density", default=1.0, override=density, option="--density"),
+            density=density if density is not None else sec.positive("density", default=1.0),
             sweeps_before=sec.integer("sweeps_before", 0, default=10),
             occupancy=sec.flag("occupancy", default=True),
             waymo_label_every=sec.integer("label_every", 1, default=5),
             zlib_level=sec.integer("zlib_level", 0, default=1),
-            workers=top.integer("workers", 1, default=1, override=workers, option="--workers"),
+            workers=workers if workers is not None else top.integer("workers", 1, default=1),
             version=sec.text("version", default="v1.0-mini"),
         )
         what = pool if pool is not None else sec  # the pool inherits everything but its size and root from the dataset's
-        cfg = replace(labelled, scenes=what.integer("scenes", 1, override=scenes, option="--scenes"))
+        cfg = replace(labelled, scenes=scenes if scenes is not None else what.integer("scenes", 1))
         out = out if out is not None else Path(what.text("out"))
     except ParamsError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)

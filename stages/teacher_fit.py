@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gpicture.atomic import claim_output, into_place, temp_sibling
 from gpicture.data.spec import DATASETS
-from gpicture.params import ParamsError, load_section
+from gpicture.params import ParamsError, Section, load_section
 from gpicture.teacher.cache import TeacherConfig
 from gpicture.teacher.checkpoint import CheckpointError, file_sha256, save_checkpoint
 from gpicture.training.teacher_fit import FitConfig, fit_config_dict, fit_standin, substitution_note
@@ -49,21 +49,32 @@ def _hand_on(src: Path, tmp: Path, meta: dict) -> dict:
             **({"source_metadata": inner} if inner else {})}
 
 
-def _fit(sec: dict, tcfg: TeacherConfig, tmp: Path, meta: dict, err: Console) -> dict:
+def _typed(sec: Section, key: str, default: object) -> object:
+    """``key`` of ``sec`` checked as the type of its default (an integer where an integer is meant)."""
+    if isinstance(default, bool):
+        return sec.flag(key)
+    if isinstance(default, int):
+        return sec.integer(key)
+    if isinstance(default, float):
+        return sec.number(key)
+    return sec.text(key) if isinstance(default, str) else sec.raw(key)
+
+
+def _fit(sec: Section, tcfg: TeacherConfig, tmp: Path, meta: dict, err: Console) -> dict:
     import torch
 
     from gpicture.teacher.res16unet import Res16UNet34C
 
-    std = sec.get("standin", {})
-    pool_sec = std.get("pool", {})
-    pool = PoolConfig(scenes=int(pool_sec.get("scenes", 8)), frames=int(pool_sec.get("frames", 4)),
-                      seed=int(pool_sec.get("seed", 0)), density=float(pool_sec.get("density", 0.6)),
-                      workers=int(pool_sec.get("workers", 2)))
+    std = sec.sub("standin") if sec.raw("standin", None) is not None else Section(sec.path, "teacher.standin", {})
+    p = std.sub("pool") if std.raw("pool", None) is not None else Section(sec.path, "teacher.standin.pool", {})
+    pool = PoolConfig(scenes=p.integer("scenes", 1, default=8), frames=p.integer("frames", 1, default=4),
+                      seed=p.integer("seed", 0, default=0), density=p.positive("density", default=0.6),
+                      workers=p.integer("workers", 1, default=2))
     defaults = asdict(FitConfig())
-    unknown = sorted(set(std) - set(defaults) - {"pool"})
+    unknown = sorted(set(std.values) - set(defaults) - {"pool"})
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: not keys of teacher.standin (known: pool, {', '.join(defaults)})")
-    fit = FitConfig(**{k: type(defaults[k])(v) for k, v in std.items() if k != "pool"})
+    fit = FitConfig(**{k: _typed(std, k, defaults[k]) for k in std.values if k != "pool"})
     fit.validate()
     err.print(f"teacher-fit: simulating the teacher pool ({pool.scenes} scenes x {pool.frames} keyframes, "
               f"seed stream {pool.seed})", soft_wrap=True)
@@ -132,7 +143,7 @@ def teacher_fit(
 
                 from gpicture.teacher.res16unet import Res16UNet34C
 
-                seed = int(sec.get("seed", 0))
+                seed = Section(params, "teacher", sec).integer("seed", 0, default=0)
                 torch.manual_seed(seed)
                 net = Res16UNet34C(in_channels=1, out_channels=64, bn_momentum=0.05)
                 meta = {**meta, "init": "random", "seed": seed}
@@ -143,7 +154,7 @@ def teacher_fit(
                                  f"teacher shares the nuScenes one (teacher.share.{dataset}: nuscenes, as GPICTURE "
                                  "distils Seal's nuScenes weights on Waymo) or takes teacher.checkpoint")
             else:
-                meta = _fit(sec, tcfg, tmp, meta, err)
+                meta = _fit(Section(params, "teacher", sec), tcfg, tmp, meta, err)
             (tmp / "teacher.json").write_text(json.dumps(meta, indent=1))
     except (ParamsError, ValueError, OSError, CheckpointError, TypeError, FloatingPointError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)

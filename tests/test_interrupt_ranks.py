@@ -165,13 +165,13 @@ class _FullDisk:
 
 
 def test_pretrain_on_a_full_disk_is_one_line_naming_the_file(world, tmp_path, monkeypatch) -> None:
-    from gpicture.training import engine
+    from gpicture.training import checkpoints
 
     def full_open(path, mode="r", *args, **kwargs):
         f = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115  (closed by the caller's with block)
         return _FullDisk(f, room=4096) if "w" in mode else f
 
-    monkeypatch.setattr(engine, "open", full_open, raising=False)  # the checkpoint's writes find the disk full
+    monkeypatch.setattr(checkpoints, "open", full_open, raising=False)  # the checkpoint's writes find the disk full
     out = tmp_path / "pre"
     cmd = _pretrain(world, out)
     cmd[cmd.index("--epochs") + 1] = "1"
