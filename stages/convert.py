@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gpicture.data.convert import ConvertConfig, convert as convert_split, merge_stores, parse_shard
 from gpicture.data.finite import NonFinitePolicy
 from gpicture.data.voxelize import VoxelGrid
-from gpicture.params import ParamsError, load_section
+from gpicture.params import ParamsError, check_voxel_size, load_section
 
 
 class Dataset(str, Enum):
@@ -77,8 +77,9 @@ def convert(
     try:
         top = load_section(params, "convert")
         profile = str(load_section(params, "model").get("profile", "small"))
-        sec = {**load_section(params, "convert", dataset.value),
-               **((top.get("profiles") or {}).get(profile, {}).get(dataset.value) or {})}
+        over = (top.get("profiles") or {}).get(profile, {}).get(dataset.value) or {}
+        sec = {**load_section(params, "convert", dataset.value), **over}
+        size_key = f"convert.{'profiles.' + profile + '.' if 'voxel_size' in over else ''}{dataset.value}.voxel_size"
         params_version = str(sec.get("version", "v1.0-mini"))
         # The params' pipeline split names (train, val -> mini_train, mini_val) belong to the params'
         # version; another version (--version v1.0-trainval) takes the devkit's own names as they are.
@@ -92,7 +93,7 @@ def convert(
             dataset=dataset.value,
             root=root if root is not None else Path(entry.get("root", sec["root"])),
             split=str(entry.get("split", split)),
-            grid=VoxelGrid(tuple(sec["point_cloud_range"]), tuple(sec["voxel_size"])),
+            grid=VoxelGrid(tuple(sec["point_cloud_range"]), check_voxel_size(sec["voxel_size"], f"{params}: {size_key}")),
             sweeps=sweeps if sweeps is not None else int(sec.get("sweeps", 1)),
             version=version,
             workers=workers if workers is not None else int(top.get("workers", 1)),

@@ -59,6 +59,11 @@ CASES: list[tuple[list[str], dict[str, Any], list[str], str]] = [
      "params.yaml: evaluate.segmentation.batch_size: 0 is not >= 1"),
     (["study-run", "--task", "segmentation", "--init", "scratch"], {"study.jobs": 0}, [],
      "params.yaml: study.jobs: 0 is not >= 1"),
+    (["convert", "nuscenes", "--split", "train"], {"convert.nuscenes.voxel_size": [0, 0.4, 0.4]}, [],
+     "params.yaml: convert.nuscenes.voxel_size[0]: 0 is not > 0"),
+    (["convert", "nuscenes", "--split", "train"],
+     {"model.profile": "full", "convert.profiles.full.nuscenes.voxel_size": [0.2, -0.2, 0.2]}, [],
+     "params.yaml: convert.profiles.full.nuscenes.voxel_size[1]: -0.2 is not > 0"),
     (["teacher-fit", "--dataset", "nuscenes"], {"teacher.standin.steps": 2.5}, [],
      "params.yaml: teacher.standin.steps: 2.5 is not an integer"),
     (["teacher-fit", "--dataset", "nuscenes"], {"teacher.standin.pool.scenes": 0}, [],
@@ -86,7 +91,7 @@ def test_a_bad_value_is_one_message_naming_where_it_came_from(tmp_path, monkeypa
     args = [*command, *extra, "--params", "params.yaml"]
     if command[0] in ("pretrain", "finetune", "evaluate"):
         args += ["--store", "missing.zarr"]
-    if command[0] in ("pretrain", "finetune", "synth", "teacher-fit"):
+    if command[0] in ("pretrain", "finetune", "synth", "teacher-fit", "convert"):
         args += ["--out", "out"]
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
