@@ -26,7 +26,7 @@ DIMENSION = 3
 
 
 @contextmanager
-def deterministic_coordinates() -> Iterator[object]:
+def deterministic_coordinates(device: str | torch.device = "cpu") -> Iterator[object]:
     """A MinkowskiEngine coordinate manager whose kernel maps come out in the same order every run.
 
     Why: MinkowskiEngine 0.5.4 builds a kernel map (for each kernel offset, the (input row,
@@ -44,14 +44,16 @@ def deterministic_coordinates() -> Iterator[object]:
     every run, whatever OpenBLAS kernel runs the products (those keep their own threads);
     it is also faster on 2 cores (OpenMP's spinning threads no longer compete with OpenBLAS').
 
-    Use the manager for the input ``SparseTensor`` (``coordinate_manager=``) and run the forward
-    pass inside the block (the backward reuses its kernel maps). Creating it sets the process's OpenMP thread count to 1
+    Use the manager for the input ``SparseTensor`` (``coordinate_manager=``; ``device``: the
+    coordinates') and run the forward pass inside the block (the backward reuses its kernel maps). Creating it sets the process's OpenMP thread count to 1
     (MinkowskiEngine shares torch's OpenMP runtime, so torch's element-wise ops in the block
     run on one thread too); the count torch had is restored when the block ends.
     """
     threads = torch.get_num_threads()
+    # the map type follows the coordinates' device, as MinkowskiEngine's own default manager
+    kind = ME.CoordinateMapType.CUDA if torch.device(device).type == "cuda" else ME.CoordinateMapType.CPU
     try:
-        yield ME.CoordinateManager(D=DIMENSION, num_threads=1)
+        yield ME.CoordinateManager(D=DIMENSION, num_threads=1, coordinate_map_type=kind)
     finally:
         torch.set_num_threads(threads)
 

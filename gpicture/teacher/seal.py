@@ -83,7 +83,7 @@ class SealTeacher:
             return np.zeros((0, 64), np.float32)
         # Kernel maps in the same order every run: the same input gives the same bytes (see
         # deterministic_coordinates; the products keep OpenBLAS' threads).
-        with deterministic_coordinates() as manager:
+        with deterministic_coordinates(self.device) as manager:
             x = ME.SparseTensor(f.to(self.device), coordinates=c.to(self.device), coordinate_manager=manager,
                                 quantization_mode=ME.SparseTensorQuantizationMode.UNWEIGHTED_AVERAGE)
             out = self.net(x)
