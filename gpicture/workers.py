@@ -81,6 +81,7 @@ def stop_at_steps() -> Iterator[None]:
     into :class:`Interrupted` at the next step); the previous handlers come back after it
     (a ``torchrun`` rank's training, inside the CLI's raising handlers)."""
     old = {s: signal.getsignal(s) for s in _SIGNALS}
+    _stop.clear()  # a request belongs to the training it stopped, not to a later one in this process
     request_stop_at_steps()
     try:
         yield

@@ -20,7 +20,7 @@ def cka(
     store: Path = typer.Option(..., help="Voxel store whose first frames are the probe batch."),
     out: Path = typer.Option(Path("alpha.yaml"), help="YAML file to write ({alpha: [...]}); point "
                                                        "params.yaml pretrain.alpha_file at it."),
-    frames: int = typer.Option(2, help="Probe frames."),
+    frames: int = typer.Option(2, min=1, help="Probe frames."),
 ) -> None:
     """alpha_l = mean over the fine-tuned models of linear CKA(pre-trained layer l, fine-tuned layer l)."""
     try:
