@@ -35,7 +35,7 @@ def test_doctor_exits_nonzero_naming_the_broken_dependency(monkeypatch) -> None:
 
 
 EXPECTED_COMMANDS = {"doctor", "synth", "convert", "merge", "teacher", "teacher-fit", "teacher-probe", "pretrain", "cka", "finetune",
-                     "evaluate", "show", "study-run", "study"}
+                     "evaluate", "show", "study-run", "study", "verify"}
 
 
 def _listed_commands(help_text: str) -> list[str]:
