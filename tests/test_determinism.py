@@ -12,6 +12,7 @@ library loads); the suite's own environment is never changed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -161,15 +162,29 @@ def _tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+def _without_provenance(obj: dict) -> bytes:
+    """``obj`` less its ``provenance`` entry, serialised again by ``torch.save``."""
+    buf = io.BytesIO()
+    torch.save({k: v for k, v in obj.items() if k != "provenance"}, buf)
+    return buf.getvalue()
+
+
 def _same_run(a: Path, b: Path, files: tuple[str, ...]) -> None:
-    """Each of ``files`` in run folders ``a`` and ``b``: every tensor equal, then the bytes."""
+    """Each of ``files`` in run folders ``a`` and ``b``: every tensor equal, then the bytes.
+
+    The files record the git commit they were made at (``provenance``); where it moved between the
+    two runs (a commit landed meanwhile), everything but that record must serialise to the same bytes."""
     for name in files:
-        ta = _tensors(torch.load(a / name, map_location="cpu", weights_only=False))
-        tb = _tensors(torch.load(b / name, map_location="cpu", weights_only=False))
+        oa, ob = (torch.load(d / name, map_location="cpu", weights_only=False) for d in (a, b))
+        ta, tb = _tensors(oa), _tensors(ob)
         assert ta.keys() == tb.keys() and len(ta) > 50
         differ = {k: float((ta[k].double() - tb[k].double()).abs().max()) for k in ta if not torch.equal(ta[k], tb[k])}
         assert differ == {}, f"{name}: {len(differ)} tensors differ, e.g. {list(differ.items())[:3]}"
-        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name}: same tensors, different bytes"
+        assert _without_provenance(oa) == _without_provenance(ob), f"{name}: same tensors, different content"
+        assert {k: v for k, v in oa["provenance"].items() if k != "git_commit"} == \
+            {k: v for k, v in ob["provenance"].items() if k != "git_commit"}
+        if oa["provenance"]["git_commit"] == ob["provenance"]["git_commit"]:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name}: same content, different bytes"
 
 
 def test_pretraining_twice_with_two_processes_gives_the_same_files(world, tmp_path) -> None:
