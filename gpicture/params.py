@@ -176,6 +176,12 @@ class Section:
         return cls(Path(path), name, with_profile(base, profile, dataset),
                    {k: f"{name}.profiles.{profile}.{dataset}.{k}" for k in over})
 
+    @classmethod
+    def of(cls, values: Section | dict[str, Any], name: str, path: Path = Path("params.yaml")) -> Section:
+        """``values`` as a Section named ``name`` (a Section is returned as it is): the task
+        settings take either, so a caller with a plain mapping gets the same checks."""
+        return values if isinstance(values, Section) else cls(Path(path), name, dict(values))
+
     def key(self, key: str) -> str:
         """The dotted key ``key`` is read from."""
         return self.origins.get(key, f"{self.name}.{key}")

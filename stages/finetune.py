@@ -67,7 +67,7 @@ def finetune(
         seed_from = sec if "seed" in sec else common
         sec.values["seed"] = seed_from.integer("seed", 0, default=0, override=seed, option="--seed")
         cfg = TrainConfig.from_section(sec, epochs, batch_size)
-        settings = impl.settings(sec.values, spec)
+        settings = impl.settings(sec, spec)
         init_path = resolve_init(common.text("init", default="pretrained", override=init, option="--init"), dataset)
         fraction = common.fraction("label_fraction", default=1.0, override=label_fraction, option="--label-fraction")
         store = store or Path(f"data/zarr/{dataset}/train.zarr")

@@ -37,6 +37,7 @@ from gpicture.eval.occupancy import predictions_folder, score_occupancy, write_o
 from gpicture.eval.predictions import OccupancyPrediction, RawSource, Written
 from gpicture.models.occupancy import OccupancyBatch, Occupier
 from gpicture.models.student import Student, StudentConfig
+from gpicture.params import Section
 from gpicture.training.engine import unwrap
 
 DEFAULT_GRID = OccupancyGridSpec((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.8, 0.8, 0.8))  # OpenOccupancy's range
@@ -145,16 +146,22 @@ class OccupancyTask:
     collate: ClassVar = staticmethod(collate_occupancy)
     head_type: ClassVar = OccupancyHead
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> OccupancyConfig:
+    def settings(self, sec: Section | dict[str, Any], spec: DatasetSpec) -> OccupancyConfig:
         """From the (profile-merged) ``finetune.occupancy`` section: ``grid.<dataset>``,
-        ``empty_weight``, ``trunk_channels``, ``augment.{flip_x, flip_y}`` (augment null: none)."""
-        grids = sec.get("grid", {})
+        ``empty_weight``, ``trunk_channels``, ``augment.{flip_x, flip_y}`` (augment null: none);
+        each value checked where it is read (the message names its key)."""
+        s = Section.of(sec, "finetune.occupancy")
+        grids = s.raw("grid", {})
         if spec.name not in grids:
             raise ValueError(f"finetune.occupancy.grid has no entry for {spec.name!r}")
-        a = sec.get("augment") or {}
-        head = OccupancyHead(OccupancyGridSpec.from_params(grids[spec.name]), float(sec.get("empty_weight", 0.1)),
-                             int(sec.get("trunk_channels", 64)))
-        return OccupancyConfig(head, flip_x=bool(a.get("flip_x", False)), flip_y=bool(a.get("flip_y", False)))
+        g = s.sub("grid").sub(spec.name)
+        vs = g.raw("voxel_size")
+        size = (g.positive("voxel_size"),) * 3 if isinstance(vs, int | float) else g.voxel_size()
+        grid = OccupancyGridSpec(g.numbers("point_cloud_range", length=6), size)  # type: ignore[arg-type]
+        a = s.sub("augment") if s.raw("augment", None) else None
+        head = OccupancyHead(grid, s.positive("empty_weight", default=0.1), s.integer("trunk_channels", 1, default=64))
+        return OccupancyConfig(head, flip_x=a.flag("flip_x", default=False) if a else False,
+                               flip_y=a.flag("flip_y", default=False) if a else False)
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         labelled = frames_with_ground_truth(store)

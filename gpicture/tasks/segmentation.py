@@ -43,6 +43,7 @@ from gpicture.eval.segmentation import (
 )
 from gpicture.models.segmentation import SegmentationBatch, Segmenter
 from gpicture.models.student import Student, StudentConfig
+from gpicture.params import Section
 from gpicture.training.augment import AugmentConfig, augment
 from gpicture.training.engine import unwrap
 
@@ -154,13 +155,15 @@ class SegmentationTask:
     collate: ClassVar = staticmethod(collate_segmentation)
     head_type: ClassVar = SegmentationHead
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> SegmentationConfig:
-        """From the merged ``finetune.segmentation`` section (the keys are the same for both datasets)."""
-        return SegmentationConfig(SegmentationHead.from_dict({"lovasz_weight": sec.get("lovasz_weight", 1.0),
-                                                              "decoder_channels": sec.get("decoder_channels", 64),
-                                                              "grid": sec.get("grid", "cartesian"),
-                                                              "cylinder": sec.get("cylinder", (480, 360, 32))}),
-                                    AugmentConfig.from_params(sec.get("augment")))
+    def settings(self, sec: Section | dict[str, Any], spec: DatasetSpec) -> SegmentationConfig:
+        """From the merged ``finetune.segmentation`` section (the keys are the same for both
+        datasets), each value checked where it is read (the message names its key)."""
+        s = Section.of(sec, "finetune.segmentation")
+        cylinder = s.integers("cylinder", 1, length=3) if s.raw("cylinder", None) is not None else (480, 360, 32)
+        head = SegmentationHead.from_dict({"lovasz_weight": s.number("lovasz_weight", 0.0, default=1.0),
+                                           "decoder_channels": s.integer("decoder_channels", 1, default=64),
+                                           "grid": s.text("grid", default="cartesian"), "cylinder": cylinder})
+        return SegmentationConfig(head, AugmentConfig.from_params(s.raw("augment", None)))
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         return labelled_frames(store, spec)

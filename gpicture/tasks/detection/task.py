@@ -24,6 +24,7 @@ from gpicture.eval.predictions import DetectionPrediction, RawSource, Written
 from gpicture.models.detection.centerpoint import HeadConfig
 from gpicture.models.detection.model import DetectionBatch, Detector
 from gpicture.models.student import Student, StudentConfig
+from gpicture.params import Section
 from gpicture.tasks.detection.data import (
     DetectionDataset,
     collate_detection,
@@ -67,21 +68,26 @@ class DetectionTask:
     collate: ClassVar = staticmethod(collate_detection)
     head_type: ClassVar = DetectionHead
 
-    def settings(self, sec: dict[str, Any], spec: DatasetSpec) -> DetectionConfig:
-        g = sec.get("gt_sampling")
-        groups = (g or {}).get("sample_groups", {}).get(spec.name)
-        gt = GTSamplingConfig.from_params({"sample_groups": groups or {}, "min_points": (g or {}).get("min_points", 5)})
+    def settings(self, sec: Section | dict[str, Any], spec: DatasetSpec) -> DetectionConfig:
+        """From the merged ``finetune.detection`` section; ``head_stride`` and
+        ``gt_sampling.min_points`` checked where they are read (the message names the key)."""
+        s = Section.of(sec, "finetune.detection")
+        g = s.sub("gt_sampling") if s.raw("gt_sampling", None) else None
+        groups = (g.raw("sample_groups", {}) or {}).get(spec.name) if g else None
+        gt = GTSamplingConfig.from_params({"sample_groups": groups or {},
+                                           "min_points": g.integer("min_points", 0, default=5) if g else 5})
         unknown = set(gt.sample_groups if gt else ()) - set(spec.detection_classes)
         if unknown:
             raise ValueError(f"finetune.detection.gt_sampling.sample_groups.{spec.name}: unknown classes {sorted(unknown)}")
-        head = DetectionHead.from_dict({"head_stride": sec.get("head_stride", 1), "head": sec.get("head") or {}})
+        head = DetectionHead.from_dict({"head_stride": s.integer("head_stride", 1, default=1),
+                                        "head": s.raw("head", None) or {}})
         n = len(spec.detection_classes)
         for k in ("iou_rectifier", "nms_thresholds"):
             v = getattr(head.head, k)
             if v is not None and len(v) != n:
                 raise ValueError(f"finetune.detection.head.{k}: {len(v)} values for the {n} {spec.name} classes "
                                  f"({', '.join(spec.detection_classes)})")
-        return DetectionConfig(AugmentConfig.from_params(sec.get("augment")), gt, head)
+        return DetectionConfig(AugmentConfig.from_params(s.raw("augment", None)), gt, head)
 
     def labelled_frames(self, store: VoxelStore, spec: DatasetSpec) -> list[int]:
         return list(range(len(store)))  # every frame has its boxes (possibly none)
