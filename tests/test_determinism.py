@@ -24,11 +24,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from gpicture.data.convert import ConvertConfig, convert
-from gpicture.data.voxelize import VoxelGrid
-from gpicture.synth.generate import SynthConfig, generate_nuscenes
-from gpicture.teacher import SealTeacher
-from gpicture.teacher.cache import TeacherConfig, build_teacher_store
+from gpicture.teacher.cache import TeacherConfig
 from stages.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,21 +64,15 @@ def _python(code: str, env: dict[str, str], timeout: int = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
+def world(tmp_path_factory, tiny_train_world) -> dict:
     root = tmp_path_factory.mktemp("determinism")
-    generate_nuscenes(SynthConfig(scenes=3, frames=2, sweeps_before=1, seed=8, occupancy=False, workers=2),
-                      root / "raw")
-    grid = VoxelGrid((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.4, 0.4, 0.4))
-    convert(ConvertConfig("nuscenes", root / "raw", "mini_train", grid, sweeps=2), root / "train.zarr")
-    build_teacher_store(root / "train.zarr", root / "teacher.zarr", SealTeacher.from_checkpoint(None),
-                        TeacherConfig(input_scale=1 / 255, keyframe_only=False))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for d in ("nuscenes", "waymo"):
         params["model"]["profiles"]["small"][d].update(TINY)
-    params["convert"]["nuscenes"]["root"] = str(root / "raw")
+    params["convert"]["nuscenes"]["root"] = str(tiny_train_world["raw"])
     assert params["pretrain"]["procs"] == 2 and params["finetune"]["procs"] == 2  # the defaults under test
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return {"root": root, "store": root / "train.zarr", "teacher": root / "teacher.zarr",
+    return {"root": root, "store": tiny_train_world["store"], "teacher": tiny_train_world["teacher"],
             "params": root / "params.yaml"}
 
 

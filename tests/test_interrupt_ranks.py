@@ -21,11 +21,6 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from gpicture.data.convert import ConvertConfig, convert
-from gpicture.data.voxelize import VoxelGrid
-from gpicture.synth.generate import SynthConfig, generate_nuscenes
-from gpicture.teacher import SealTeacher
-from gpicture.teacher.cache import TeacherConfig, build_teacher_store
 from stages.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,18 +30,12 @@ STOP_S = 10.0  # from the signal to the exit: the launcher's grace (5 s) and the
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
+def world(tmp_path_factory, tiny_train_world) -> dict:
     root = tmp_path_factory.mktemp("ranks")
-    generate_nuscenes(SynthConfig(scenes=3, frames=2, sweeps_before=1, seed=8, occupancy=False, workers=2),
-                      root / "raw")
-    grid = VoxelGrid((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.4, 0.4, 0.4))
-    convert(ConvertConfig("nuscenes", root / "raw", "mini_train", grid, sweeps=2), root / "train.zarr")
-    build_teacher_store(root / "train.zarr", root / "teacher.zarr", SealTeacher.from_checkpoint(None),
-                        TeacherConfig(input_scale=1 / 255, keyframe_only=False))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["profiles"]["small"]["nuscenes"].update(TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return {"root": root, "params": root / "params.yaml", "store": root / "train.zarr", "teacher": root / "teacher.zarr"}
+    return {"root": root, "params": root / "params.yaml", "store": tiny_train_world["store"], "teacher": tiny_train_world["teacher"]}
 
 
 def _pretrain(world: dict, out: Path) -> list[str]:
