@@ -131,7 +131,7 @@ def test_training_fits_the_heatmap_and_finds_the_boxes(store) -> None:
 
 def test_finetune_run_and_nuscenes_scoring(store, tmp_path) -> None:
     assert label_subset(8, 0.5, 0) == sorted(label_subset(8, 0.5, 0)) and len(label_subset(8, 0.5, 0)) == 4
-    with pytest.raises(ValueError, match="label-fraction"):
+    with pytest.raises(ValueError, match="label fraction must be in"):
         label_subset(8, 0.0, 0)
     cfg = TrainConfig(epochs=1, batch_size=2, lr=2e-3, weight_decay=0.01)
     task = DetectionTask(score_threshold=0.05)

@@ -174,7 +174,7 @@ def test_sync_reads_the_means_once_per_window() -> None:
     assert tr.host_syncs == 2 and list(means)[:2] == ["loss", "grad_norm"]
     assert means["loss"] == pytest.approx(sum(losses) / 6) and means["half"] == pytest.approx(sum(losses) / 12)
     assert means["const"] == 3.0 and means["grad_norm"] > 0
-    with pytest.raises(ValueError, match="log_every must be >= 1"):
+    with pytest.raises(ValueError, match="log_every must be an integer >= 1"):
         TrainConfig(epochs=1, batch_size=1, lr=0.1, weight_decay=0.0, log_every=0)
 
 

@@ -38,11 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpicture.data.taxonomy import (
-    NUSCENES_ATTRIBUTES,
-    NUSCENES_CATEGORIES,
-    NUSCENES_VISIBILITY,
-)
+from gpicture.data.taxonomy import NUSCENES_ATTRIBUTES, NUSCENES_CATEGORIES, NUSCENES_VISIBILITY
 from gpicture.synth import portable as pm
 from gpicture.synth.records import NuscenesScene, NuscenesSweep
 from gpicture.synth.taxonomy import OBJECT_CLASSES

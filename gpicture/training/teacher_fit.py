@@ -208,8 +208,7 @@ def fit_standin(net: torch.nn.Module, frames: list[PoolFrame], n_classes: int, t
     ``progress(step, steps, loss)`` after each step. A non-finite loss stops with an error
     naming the step (a checkpoint is never written from such weights)."""
     me = import_minkowski()
-    # lazy, as MinkowskiEngine above
-    from gpicture.teacher.res16unet import deterministic_coordinates
+    from gpicture.teacher.res16unet import deterministic_coordinates  # lazy: MinkowskiEngine, as above
 
     cfg.validate()
     tcfg.validate()
