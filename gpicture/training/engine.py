@@ -296,7 +296,10 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
     try:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
+            at_epoch = f"{out_dir}: epoch {epoch + 1}/{cfg.epochs}"
+            _stop_if_asked(dist, f"{at_epoch} (its start)")  # also around the hooks, which can take seconds
             epoch_state = hooks.epoch_start(epoch) if hooks is not None else {}
+            _stop_if_asked(dist, f"{at_epoch} (its first step)")
             ddp.train()
             trainer.reset()
             t_epoch = time.perf_counter()
@@ -316,8 +319,10 @@ def fit(model: nn.Module, dataset: Dataset, collate: Callable[[list], Any], step
             last["frames_per_s"] = len(sampler) * dist.world_size / max(time.perf_counter() - t_epoch, 1e-9)
             last.update(epoch_state)
             last["lr"] = float(trainer.sched.get_last_lr()[0])
+            _stop_if_asked(dist, f"{at_epoch} (its end hooks; the epoch is not checkpointed)")
             if hooks is not None:
                 last.update(hooks.epoch_end(epoch, unwrap(ddp)))
+            _stop_if_asked(dist, f"{at_epoch} (its checkpoint; the epoch is not checkpointed)")
             if dist.world_size > 1:
                 tdist.barrier()
             if dist.is_main:
